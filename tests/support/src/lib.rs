@@ -152,14 +152,21 @@ pub fn free_port() -> Result<u16> {
 
 /// The checkout's ignored state directory (`.state/`), where `dev/install-deps` puts tools.
 pub fn state_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("SLUICE_DEV_STATE_DIR") {
-        return PathBuf::from(d);
+    if let Some(d) = env_path("SLUICE_DEV_STATE_DIR") {
+        return d;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.state")
 }
 
 const DEFAULT_S3_KEY: &str = "sluice-test";
 const DEFAULT_S3_SECRET: &str = "sluice-test-secret";
+
+/// An environment variable that is set and not empty.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -233,9 +240,7 @@ fn running_as_root() -> bool {
 }
 
 fn pg_bindir() -> PathBuf {
-    std::env::var("SLUICE_DEV_PG_BINDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    env_path("SLUICE_DEV_PG_BINDIR").unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 /// Starts a throwaway PostgreSQL cluster. initdb refuses to run as root, so as
@@ -334,8 +339,8 @@ pub fn start_postgres() -> Result<Postgres> {
 }
 
 fn tansu_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SLUICE_DEV_TANSU_BIN") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = env_path("SLUICE_DEV_TANSU_BIN") {
+        return Ok(p);
     }
     let lib = state_dir().join("venv/lib");
     for entry in fs::read_dir(&lib).into_iter().flatten().flatten() {
@@ -378,8 +383,8 @@ pub fn start_kafka() -> Result<Kafka> {
 }
 
 fn weed_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SLUICE_DEV_WEED_BIN") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = env_path("SLUICE_DEV_WEED_BIN") {
+        return Ok(p);
     }
     let p = state_dir().join("venv/bin/weed");
     if p.exists() {

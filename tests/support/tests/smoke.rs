@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_test_support::{kafka, postgres, s3, unique_name};
 
-#[tokio::test]
-async fn postgres_row_round_trip() {
-    let pg = postgres();
+/// A row written and read back through sqlx, in a fresh database.
+async fn check_postgres(pg: &sluice_test_support::Postgres) -> Result<()> {
     let run = async {
         let url = pg.fresh_database().await?;
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -28,21 +27,29 @@ async fn postgres_row_round_trip() {
         let (id, note): (i64, String) = sqlx::query_as("SELECT id, note FROM smoke")
             .fetch_one(&pool)
             .await?;
-        assert_eq!((id, note.as_str()), (7, "written by sqlx"));
+        if (id, note.as_str()) != (7, "written by sqlx") {
+            bail!("read back ({id}, {note:?})");
+        }
         let version: String = sqlx::query_scalar("SHOW server_version")
             .fetch_one(&pool)
             .await?;
-        assert!(
-            version.starts_with("15"),
-            "expected PostgreSQL 15, got {version}"
-        );
+        if !version.starts_with("15") {
+            bail!("expected PostgreSQL 15, got {version}");
+        }
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r)
-        .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e:#}", pg.admin_url));
+        .with_context(|| format!("PostgreSQL at {}", pg.admin_url))
+}
+
+#[tokio::test]
+async fn postgres_row_round_trip() {
+    check_postgres(postgres())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 mod kafka_smoke {
@@ -141,12 +148,12 @@ mod kafka_smoke {
     }
 }
 
-#[test]
-fn kafka_transaction_and_committed_offsets() {
+/// A message produced in a committed transaction, consumed by a consumer group
+/// that commits its offset; a second member of the group sees that offset.
+fn check_kafka(k: &sluice_test_support::Kafka) -> Result<()> {
     use kafka_smoke::*;
     use rdkafka::TopicPartitionList;
     use rdkafka::consumer::Consumer;
-    let k = kafka();
     let run = || -> Result<()> {
         let topic = unique_name("smoke-");
         create_topic(&k.bootstrap_servers, &topic)?;
@@ -157,10 +164,11 @@ fn kafka_transaction_and_committed_offsets() {
         c.subscribe(&[&topic])?;
         let got = poll_n(&c, 2)?;
         let payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
-        assert_eq!(payloads, ["one", "two"]);
+        if payloads != ["one", "two"] {
+            bail!("consumed {payloads:?}");
+        }
         drop(c);
 
-        // A second member of the group resumes after the committed offset.
         let c2 = consumer(&k.bootstrap_servers, &group, "read_committed")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, 0);
@@ -170,10 +178,17 @@ fn kafka_transaction_and_committed_offsets() {
             .context("partition 0 in committed offsets")?
             .offset();
         let last = got.last().map(|(o, _)| *o).unwrap_or(-1);
-        assert_eq!(off, rdkafka::Offset::Offset(last + 1), "committed offset");
+        if off != rdkafka::Offset::Offset(last + 1) {
+            bail!("committed offset {off:?}, expected {}", last + 1);
+        }
         Ok(())
     };
-    run().unwrap_or_else(|e| panic!("Kafka broker (tansu) at {}: {e:#}", k.bootstrap_servers));
+    run().with_context(|| format!("Kafka broker (tansu) at {}", k.bootstrap_servers))
+}
+
+#[test]
+fn kafka_transaction_and_committed_offsets() {
+    check_kafka(kafka()).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Documents a gap of the tansu build we test against: a `read_committed`
@@ -376,13 +391,55 @@ mod s3_smoke {
     }
 }
 
-#[tokio::test]
-async fn s3_multipart_list_conditional_put_delete() {
-    let s = s3();
+/// Multipart put, read back, paginated listing, create-if-absent refusal, delete.
+async fn check_s3(s: &sluice_test_support::S3) -> Result<()> {
     let c = s3_smoke::client(s);
     tokio::time::timeout(Duration::from_secs(60), s3_smoke::round_trip(&c))
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r)
-        .unwrap_or_else(|e| panic!("S3 store (SeaweedFS) at {}: {e:#}", s.endpoint));
+        .with_context(|| format!("S3 store (SeaweedFS) at {}", s.endpoint))
+}
+
+#[tokio::test]
+async fn s3_multipart_list_conditional_put_delete() {
+    check_s3(s3()).await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// When a service goes away, its check fails and the message names it — so a
+/// broken environment is diagnosed in one line, not guessed from a timeout.
+mod service_down {
+    use super::*;
+    use sluice_test_support::process::stop_owned;
+
+    fn message(e: anyhow::Error) -> String {
+        format!("{e:#}")
+    }
+
+    #[tokio::test]
+    async fn postgres_down_is_named() {
+        let pg = sluice_test_support::start_postgres().unwrap();
+        stop_owned(pg.pid.unwrap());
+        let e = message(check_postgres(&pg).await.unwrap_err());
+        assert!(e.starts_with("PostgreSQL at postgres://"), "{e}");
+    }
+
+    #[test]
+    fn kafka_down_is_named() {
+        let k = sluice_test_support::start_kafka().unwrap();
+        stop_owned(k.pid.unwrap());
+        let e = message(check_kafka(&k).unwrap_err());
+        assert!(e.starts_with("Kafka broker (tansu) at 127.0.0.1:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn s3_down_is_named() {
+        let s = sluice_test_support::start_s3().unwrap();
+        stop_owned(s.pid.unwrap());
+        let e = message(check_s3(&s).await.unwrap_err());
+        assert!(
+            e.starts_with("S3 store (SeaweedFS) at http://127.0.0.1:"),
+            "{e}"
+        );
+    }
 }
