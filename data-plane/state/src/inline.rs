@@ -1,0 +1,174 @@
+//! Small byte strings stored inline: the memory backend keeps keys and small values inside the hash
+//! table's slots, so a lookup touches one slot instead of chasing two heap pointers (a key allocation
+//! and a value allocation), which is what random access over 100k+ keys pays for.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+
+const KEY_INLINE: usize = 30;
+const VALUE_INLINE: usize = 22;
+
+/// A map key: up to 30 bytes inline, longer ones on the heap. Hashes and compares like `[u8]`, so maps
+/// are looked up with a plain `&[u8]`.
+#[derive(Clone)]
+pub enum InlineKey {
+    Inline { len: u8, data: [u8; KEY_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl InlineKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= KEY_INLINE {
+            let mut data = [0u8; KEY_INLINE];
+            data[..bytes.len()].copy_from_slice(bytes);
+            InlineKey::Inline {
+                len: bytes.len() as u8,
+                data,
+            }
+        } else {
+            InlineKey::Heap(bytes.into())
+        }
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            InlineKey::Inline { len, data } => &data[..usize::from(*len)],
+            InlineKey::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for InlineKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl Hash for InlineKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must equal `<[u8] as Hash>::hash` for `Borrow<[u8]>` lookups to find the entry.
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for InlineKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for InlineKey {}
+
+/// A stored value: up to 22 bytes inline (counters, sums, timestamps), longer ones in a `Vec` that is
+/// updated in place.
+#[derive(Clone)]
+pub enum InlineValue {
+    Inline { len: u8, data: [u8; VALUE_INLINE] },
+    Heap(Vec<u8>),
+}
+
+impl InlineValue {
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut v = InlineValue::Inline {
+            len: 0,
+            data: [0; VALUE_INLINE],
+        };
+        v.set(bytes);
+        v
+    }
+
+    /// Takes `vec` as the value (inline when it fits, so the caller's buffer can be reused).
+    pub fn from_vec(vec: &mut Vec<u8>) -> Self {
+        if vec.len() <= VALUE_INLINE {
+            Self::new(vec)
+        } else {
+            InlineValue::Heap(std::mem::take(vec))
+        }
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            InlineValue::Inline { len, data } => &data[..usize::from(*len)],
+            InlineValue::Heap(v) => v,
+        }
+    }
+
+    #[inline]
+    pub fn set(&mut self, bytes: &[u8]) {
+        match self {
+            InlineValue::Heap(v) => {
+                v.clear();
+                v.extend_from_slice(bytes);
+            }
+            InlineValue::Inline { len, data } if bytes.len() <= VALUE_INLINE => {
+                data[..bytes.len()].copy_from_slice(bytes);
+                *len = bytes.len() as u8;
+            }
+            InlineValue::Inline { .. } => *self = InlineValue::Heap(bytes.to_vec()),
+        }
+    }
+
+    /// Runs a `value_update` closure on the value: a heap value is edited in place; an inline one is
+    /// copied into `scratch` and back (a few bytes, no allocation).
+    #[inline]
+    pub fn update(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        update: &mut dyn FnMut(&mut Vec<u8>, bool) -> bool,
+    ) -> bool {
+        match self {
+            InlineValue::Heap(v) => update(v, true),
+            InlineValue::Inline { len, data } => {
+                scratch.clear();
+                scratch.extend_from_slice(&data[..usize::from(*len)]);
+                let keep = update(scratch, true);
+                if keep {
+                    self.set(scratch);
+                }
+                keep
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn keys_find_by_slice_inline_and_on_the_heap() {
+        let long = vec![3u8; 100];
+        let mut m: HashMap<InlineKey, u32> = HashMap::new();
+        m.insert(InlineKey::new(b"short"), 1);
+        m.insert(InlineKey::new(&long), 2);
+        m.insert(InlineKey::new(b""), 3);
+        assert_eq!(m.get(&b"short"[..]), Some(&1));
+        assert_eq!(m.get(long.as_slice()), Some(&2));
+        assert_eq!(m.get(&b""[..]), Some(&3));
+        assert_eq!(m.get(&b"shor"[..]), None);
+    }
+
+    #[test]
+    fn values_move_between_inline_and_heap() {
+        let mut v = InlineValue::new(b"abc");
+        assert!(matches!(v, InlineValue::Inline { .. }));
+        v.set(&[1; 40]);
+        assert_eq!(v.as_slice(), &[1; 40]);
+        v.set(b"x");
+        assert_eq!(v.as_slice(), b"x");
+        let mut scratch = Vec::new();
+        let mut v = InlineValue::new(&5u64.to_le_bytes());
+        assert!(v.update(&mut scratch, &mut |b, present| {
+            assert!(present);
+            b.extend_from_slice(&[9; 30]);
+            true
+        }));
+        assert_eq!(v.as_slice().len(), 38);
+        let mut big = vec![7u8; 50];
+        assert_eq!(InlineValue::from_vec(&mut big).as_slice(), &[7u8; 50]);
+        assert!(big.is_empty());
+    }
+}
