@@ -2,7 +2,8 @@
 //! `SLUICE_CONFIG`), then environment variables `SLUICE_<KEY>` with `__`
 //! between nesting levels (`SLUICE_DATABASE__URL`). Unknown keys are an error,
 //! so a typo never silently falls back to a default. `SLUICE_DEV_*` variables
-//! belong to the dev and test scripts and are not configuration.
+//! belong to the dev and test scripts, `SLUICE_CLI_*` to the command-line
+//! client; neither is server configuration.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +21,79 @@ pub struct Config {
     pub log: LogConfig,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace_ms: u64,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    /// Regions a compute pool may name (TOML array, or comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` of the tokens this server signs (and expects).
+    pub issuer: String,
+    /// `aud` of the tokens this server signs (and expects).
+    pub audience: String,
+    /// Lifetime of issued access tokens.
+    pub token_ttl_s: u64,
+    /// A new signing key is made when the active one is older than this; old
+    /// keys keep verifying until the last token they signed has expired.
+    pub signing_key_rotate_after_s: u64,
+    /// Bearer credential of the platform operator's `/admin/v1` API; empty disables that API.
+    pub admin_token: String,
+    /// Allow `POST /v1/signup` (self-service organizations).
+    pub signup_enabled: bool,
+    /// An external OpenID Connect issuer whose tokens are accepted too.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// Tokens of an external issuer map to users of this server by email.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// `iss` of its tokens.
+    pub issuer: String,
+    /// `aud` its tokens must carry for this server.
+    pub audience: String,
+    /// Where its JWKS is (`http://` or `https://`).
+    pub jwks_url: String,
+    /// The claim holding the user's email.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+}
+
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per credential (token bucket refill rate).
+    pub requests_per_second: u32,
+    /// Requests a credential may make at once before the rate applies.
+    pub burst: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(v) => v,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +101,8 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/database`
     pub url: String,
+    /// Per pool: the server keeps one pool for tenant requests (role
+    /// `sluice_tenant`) and one for tokens, the admin API and migrations.
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when the server starts (`sluice migrate` does it on its own).
@@ -63,6 +139,21 @@ impl Default for Config {
                 filter: "info".into(),
             },
             shutdown_grace_ms: 10_000,
+            auth: AuthConfig {
+                issuer: "sluice".into(),
+                audience: "sluice-api".into(),
+                token_ttl_s: 900,
+                signing_key_rotate_after_s: 7 * 24 * 3600,
+                admin_token: String::new(),
+                signup_enabled: false,
+                oidc: None,
+            },
+            limits: LimitsConfig {
+                requests_per_second: 100,
+                burst: 200,
+                max_body_bytes: 1024 * 1024,
+            },
+            regions: vec!["local".into()],
         }
     }
 }
@@ -95,7 +186,10 @@ impl Config {
         let vars: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| {
-                k.starts_with("SLUICE_") && !k.starts_with("SLUICE_DEV_") && k != "SLUICE_CONFIG"
+                k.starts_with("SLUICE_")
+                    && !k.starts_with("SLUICE_DEV_")
+                    && !k.starts_with("SLUICE_CLI_")
+                    && k != "SLUICE_CONFIG"
             })
             .collect();
         for (k, v) in vars {
@@ -121,6 +215,36 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "database.url must be a postgres:// URL".into(),
+            ));
+        }
+        if self.auth.token_ttl_s == 0 || self.auth.signing_key_rotate_after_s == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.token_ttl_s and auth.signing_key_rotate_after_s must be at least 1".into(),
+            ));
+        }
+        if !self.auth.admin_token.is_empty() && self.auth.admin_token.len() < 24 {
+            return Err(ConfigError::Invalid(
+                "auth.admin_token must be at least 24 characters (or empty to disable /admin/v1)"
+                    .into(),
+            ));
+        }
+        if let Some(o) = &self.auth.oidc
+            && (o.issuer.is_empty()
+                || o.audience.is_empty()
+                || !(o.jwks_url.starts_with("http://") || o.jwks_url.starts_with("https://")))
+        {
+            return Err(ConfigError::Invalid(
+                "auth.oidc needs issuer, audience and an http(s) jwks_url".into(),
+            ));
+        }
+        if self.limits.requests_per_second == 0 || self.limits.burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.requests_per_second and limits.burst must be at least 1".into(),
+            ));
+        }
+        if self.regions.is_empty() {
+            return Err(ConfigError::Invalid(
+                "regions must name at least one region".into(),
             ));
         }
         if self.database.max_connections == 0 {

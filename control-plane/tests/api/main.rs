@@ -1,0 +1,23 @@
+//! The one integration-test binary of the control plane: the real server on
+//! port 0 against a fresh database of a real PostgreSQL per test.
+//!
+//! Run: `dev/cargo test -p sluice-control-plane --test api` (`TEST_LOG=1` for server logs).
+
+// Helpers outside `#[test]` functions panic on an unexpected response on purpose:
+// that is how a test fails.
+#![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
+
+mod helpers;
+
+mod applications;
+mod auth;
+mod bad_input;
+mod cli;
+mod compute_pools;
+mod openapi;
+mod roles;
+mod tenancy;
+
+// The integrator's readiness and shutdown tests, compiled into this binary.
+#[path = "../server.rs"]
+mod server;

@@ -1,0 +1,219 @@
+//! The logical plan of a job: one pipeline per `INSERT INTO`, each a source
+//! table, a list of stages, and a sink table. Exchanges are explicit stages so
+//! the runtime can cut the pipeline into chained vertices without re-planning.
+
+use std::collections::BTreeMap;
+
+use arrow_schema::DataType;
+
+use crate::catalog::TableDef;
+use crate::expr::Expr;
+
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    pub tables: BTreeMap<String, TableDef>,
+    pub pipelines: Vec<Pipeline>,
+    /// `SET 'key' = 'value'` statements, in order.
+    pub config: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub source: String,
+    pub sink: String,
+    pub stages: Vec<Stage>,
+    /// Names and types of the rows arriving at the sink.
+    pub output: Vec<(String, String)>,
+    /// True when the rows are a changelog (+I/-U/+U/-D) rather than append-only.
+    pub updating: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggCall {
+    pub func: AggFunc,
+    /// Input column; `None` for `COUNT(*)`.
+    pub arg: Option<usize>,
+    pub distinct: bool,
+    pub ty: DataType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumble { size_ms: i64 },
+    Hop { size_ms: i64, slide_ms: i64 },
+    Session { gap_ms: i64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeKind {
+    Event,
+    Processing,
+}
+
+#[derive(Debug, Clone)]
+pub enum Exchange {
+    Forward,
+    /// Rows go to the subtask owning the key group of their key (empty key: subtask 0).
+    Hash {
+        keys: Vec<usize>,
+    },
+    Rebalance,
+    Broadcast,
+}
+
+#[derive(Debug, Clone)]
+pub enum Stage {
+    Project {
+        exprs: Vec<Expr>,
+        names: Vec<String>,
+    },
+    Filter {
+        predicate: Expr,
+    },
+    /// Per source partition: the watermark is the max of `expr` over the rows seen.
+    AssignWatermark {
+        rowtime: usize,
+        expr: Expr,
+    },
+    Exchange(Exchange),
+    /// Output: input columns, then one column per aggregate.
+    OverAggregate {
+        keys: Vec<usize>,
+        time: usize,
+        time_kind: TimeKind,
+        /// RANGE frames give rows with equal timestamps the same result.
+        range: bool,
+        aggs: Vec<AggCall>,
+    },
+    /// Output: keys, window_start, window_end, aggregates.
+    WindowAggregate {
+        keys: Vec<usize>,
+        time: usize,
+        window: WindowKind,
+        aggs: Vec<AggCall>,
+    },
+    /// Output: keys, aggregates, as a changelog keyed by `keys`.
+    GroupAggregate {
+        keys: Vec<usize>,
+        aggs: Vec<AggCall>,
+    },
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn list<T: std::fmt::Display>(v: &[T]) -> String {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        fn aggs(v: &[AggCall]) -> String {
+            v.iter()
+                .map(|a| {
+                    format!(
+                        "{:?}({}{})",
+                        a.func,
+                        if a.distinct { "DISTINCT " } else { "" },
+                        a.arg.map(|i| format!("#{i}")).unwrap_or_else(|| "*".into())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        match self {
+            Stage::Project { exprs, names } => {
+                let items: Vec<String> = exprs
+                    .iter()
+                    .zip(names)
+                    .map(|(e, n)| format!("{e} AS {n}"))
+                    .collect();
+                write!(f, "Project [{}]", items.join(", "))
+            }
+            Stage::Filter { predicate } => write!(f, "Filter {predicate}"),
+            Stage::AssignWatermark { rowtime, expr } => {
+                write!(f, "WatermarkAssigner rowtime=#{rowtime} watermark={expr}")
+            }
+            Stage::Exchange(x) => match x {
+                Exchange::Forward => write!(f, "Exchange forward"),
+                Exchange::Hash { keys } => write!(
+                    f,
+                    "Exchange hash[{}]",
+                    keys.iter()
+                        .map(|k| format!("#{k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Exchange::Rebalance => write!(f, "Exchange rebalance"),
+                Exchange::Broadcast => write!(f, "Exchange broadcast"),
+            },
+            Stage::OverAggregate {
+                keys,
+                time,
+                time_kind,
+                range,
+                aggs: a,
+            } => write!(
+                f,
+                "OverAggregate partition=[{}] order={:?}-time #{time} frame={} UNBOUNDED PRECEDING aggs=[{}]",
+                list(&keys.iter().map(|k| format!("#{k}")).collect::<Vec<_>>()),
+                time_kind,
+                if *range { "RANGE" } else { "ROWS" },
+                aggs(a)
+            ),
+            Stage::WindowAggregate {
+                keys,
+                time,
+                window,
+                aggs: a,
+            } => write!(
+                f,
+                "WindowAggregate {window:?} time=#{time} keys=[{}] aggs=[{}]",
+                list(&keys.iter().map(|k| format!("#{k}")).collect::<Vec<_>>()),
+                aggs(a)
+            ),
+            Stage::GroupAggregate { keys, aggs: a } => write!(
+                f,
+                "GroupAggregate (changelog) keys=[{}] aggs=[{}]",
+                list(&keys.iter().map(|k| format!("#{k}")).collect::<Vec<_>>()),
+                aggs(a)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for JobPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let src = &self.tables[&p.source];
+            writeln!(
+                f,
+                "pipeline {i}: {} -> {}{}",
+                p.source,
+                p.sink,
+                if p.updating { " (updating)" } else { "" }
+            )?;
+            writeln!(f, "  Source {} [{}]", src.name, src.connector)?;
+            for s in &p.stages {
+                writeln!(f, "  {s}")?;
+            }
+            let out: Vec<String> = p.output.iter().map(|(n, t)| format!("{n} {t}")).collect();
+            writeln!(
+                f,
+                "  Sink {} [{}] ({})",
+                p.sink,
+                self.tables[&p.sink].connector,
+                out.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
