@@ -62,6 +62,16 @@ pub struct OidcConfig {
     /// The claim holding the user's email.
     #[serde(default = "default_email_claim")]
     pub email_claim: String,
+    /// Accept a token only when its `email_verified` claim is true. Users are
+    /// matched by email, so an issuer that lets anyone claim an unverified
+    /// address would otherwise let them sign in as that user. Turn off only for
+    /// an issuer whose emails are verified by construction and that omits the claim.
+    #[serde(default = "default_true")]
+    pub require_email_verified: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_email_claim() -> String {

@@ -34,6 +34,23 @@ pub async fn create(
         ));
     }
     let mut tx = ctx.begin(svc).await?;
+    // A key cannot outlive the key that made it: otherwise an expiring key
+    // could mint itself a permanent successor.
+    if let Some(creator) = &ctx.api_key_id
+        && let Some(limit) = store::api_key::get(&mut tx, &ctx.org_id, creator)
+            .await?
+            .and_then(|k| k.expires_at)
+        && req.expires_at.is_none_or(|at| at > limit)
+    {
+        return Err(ServiceError::invalid(
+            "expires_at",
+            "out_of_range",
+            format!(
+                "expires_at must be set and not later than {} (the expiry of the API key making this request)",
+                limit.to_rfc3339()
+            ),
+        ));
+    }
     let (owner, owner_role) = match &req.service_account_id {
         Some(sa) => {
             ctx.require(policy::MANAGE_IDENTITY, "create keys for service accounts")?;

@@ -134,6 +134,19 @@ impl Oidc {
         v.leeway = 5;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
             .map_err(|e| unauth(&format!("the OIDC token is not valid: {e}")))?;
+        if self.cfg.require_email_verified {
+            // Some issuers send the claim as a string.
+            let verified = match &data.claims["email_verified"] {
+                serde_json::Value::Bool(b) => *b,
+                serde_json::Value::String(s) => s == "true",
+                _ => false,
+            };
+            if !verified {
+                return Err(unauth(
+                    "the OIDC token's email is not verified (email_verified is not true)",
+                ));
+            }
+        }
         data.claims[self.cfg.email_claim.as_str()]
             .as_str()
             .map(str::to_ascii_lowercase)

@@ -375,6 +375,7 @@ async fn tokens_of_a_configured_oidc_issuer_map_to_users_by_email() {
             audience: "sluice".into(),
             jwks_url,
             email_claim: "email".into(),
+            require_email_verified: true,
         });
     })
     .await;
@@ -384,7 +385,7 @@ async fn tokens_of_a_configured_oidc_issuer_map_to_users_by_email() {
         h.kid = Some("ext-1".into());
         jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap()
     };
-    let base = json!({ "iss": "https://idp.test", "aud": "sluice", "sub": "ext-42", "email": org.email.to_uppercase(), "exp": now() + 300 });
+    let base = json!({ "iss": "https://idp.test", "aud": "sluice", "sub": "ext-42", "email": org.email.to_uppercase(), "email_verified": true, "exp": now() + 300 });
     let me = app.get("/v1/me", &sign(base.clone())).await;
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(
@@ -400,6 +401,13 @@ async fn tokens_of_a_configured_oidc_issuer_map_to_users_by_email() {
     stranger["email"] = json!("nobody@example.com");
     let mut expired = base.clone();
     expired["exp"] = json!(now() - 3600);
+    let mut unverified = base.clone();
+    unverified["email_verified"] = json!(false);
+    let mut no_verified_claim = base.clone();
+    no_verified_claim
+        .as_object_mut()
+        .unwrap()
+        .remove("email_verified");
     let mut hs = Header::new(Algorithm::HS256);
     hs.kid = Some("ext-1".into());
     let hmac = jsonwebtoken::encode(
@@ -412,6 +420,8 @@ async fn tokens_of_a_configured_oidc_issuer_map_to_users_by_email() {
         ("wrong audience", sign(wrong_aud)),
         ("unknown email", sign(stranger)),
         ("expired", sign(expired)),
+        ("email not verified", sign(unverified)),
+        ("no email_verified claim", sign(no_verified_claim)),
         ("HMAC with the public key", hmac),
     ] {
         let r = app.get("/v1/me", &token).await;
@@ -613,4 +623,43 @@ async fn a_token_that_verified_before_is_refused_once_it_expires() {
     };
     refused.assert_problem(401, "unauthenticated");
     assert!(now() > exp, "refused at {} before its exp {exp}", now());
+}
+
+#[tokio::test]
+async fn a_key_cannot_mint_a_key_that_outlives_it() {
+    let app = spawn_app().await;
+    let org = app.new_org("expiry").await;
+    let (key_id, admin_key_token) = app.token_with(&org, "org_admin", None).await;
+    let limit = chrono::Utc::now() + chrono::Duration::hours(1);
+    let db = app.db().await;
+    sqlx::query("UPDATE api_keys SET expires_at = $2 WHERE id = $1")
+        .bind(&key_id)
+        .bind(limit)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let later = (limit + chrono::Duration::hours(1)).to_rfc3339();
+    for body in [
+        json!({ "name": "forever" }),
+        json!({ "name": "later", "expires_at": later }),
+    ] {
+        let r = app.post("/v1/api-keys", &admin_key_token, body).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], "expires_at", "{}", r.body);
+    }
+    let sooner = (limit - chrono::Duration::minutes(5)).to_rfc3339();
+    let ok = app
+        .post(
+            "/v1/api-keys",
+            &admin_key_token,
+            json!({ "name": "sooner", "expires_at": sooner }),
+        )
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    // A console login has no expiry of its own to pass on.
+    let r = app
+        .post("/v1/api-keys", &org.admin, json!({ "name": "console" }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
 }
