@@ -1,6 +1,7 @@
-//! `sluice-billing`: the pure core of Sluice metering and billing (DESIGN.md §3, §7; issue 7).
+//! `sluice-billing`: Sluice metering and billing (DESIGN.md §3, §7; issue 7): a pure core and
+//! its store.
 //!
-//! No I/O and no floats: usage is integer milli-KPU-seconds, money integer micro-units of one
+//! No floats, and no I/O outside [`store`]: usage is integer milli-KPU-seconds, money integer micro-units of one
 //! currency. The control plane records [`Span`]s from provisioner evidence and serves the API;
 //! this crate does the arithmetic and the documents.
 //!
@@ -14,9 +15,12 @@
 //! - [`events`]: CloudEvents usage events with ids `org/app/run/minute`.
 //! - [`reconcile`]: the ledger against provisioner evidence; only recorded exits are applied.
 //! - [`budget`]: monthly budgets and the thresholds a spend level crosses.
+//! - [`store`]: the billing tables in PostgreSQL (spans, price books, budgets, alerts, run
+//!   evidence); the only module with I/O.
 //!
 //! Test: `dev/cargo test -p sluice-billing` (colocated unit tests plus `tests/billing/`: property
-//! tests of the ledger against an independent model, the fixture-month invoice, bad inputs).
+//! tests of the ledger against an independent model, the fixture-month invoice, bad inputs, and
+//! the store against a real PostgreSQL from `sluice-test-support`).
 //! Benchmark: `dev/cargo run --release -p sluice-billing --example bench`.
 
 pub mod budget;
@@ -29,6 +33,7 @@ pub mod price;
 pub mod reconcile;
 pub mod render;
 pub mod rollup;
+pub mod store;
 pub mod time;
 
 pub use budget::Budget;

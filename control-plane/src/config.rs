@@ -26,6 +26,173 @@ pub struct Config {
     /// Regions a compute pool may name (TOML array, or comma-separated in the environment).
     #[serde(deserialize_with = "list_or_csv")]
     pub regions: Vec<String>,
+    /// Savepoint schedules, workers, retention and disposal.
+    #[serde(default)]
+    pub savepoints: SavepointConfig,
+    /// The budget pass.
+    #[serde(default)]
+    pub billing: BillingConfig,
+    /// Where the server keeps local state: the local provisioner's clusters
+    /// (`{data_dir}/clusters`) and the default blob store (`{data_dir}/blobs`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: std::path::PathBuf,
+    /// The engine binary the provisioners launch.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// How clusters are provisioned.
+    #[serde(default)]
+    pub provisioner: ProvisionerConfig,
+    /// Where applications keep checkpoints and savepoints.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The reconciler (leader-elected; every replica runs a standby).
+    #[serde(default)]
+    pub reconciler: ReconcilerConfig,
+}
+
+fn default_data_dir() -> std::path::PathBuf {
+    "sluice-data".into()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// The `sluice-engine` executable; default: `sluice-engine` beside the `sluice` executable.
+    pub binary: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionerKind {
+    /// Engine processes on this host (the embedded default).
+    #[default]
+    Local,
+    /// Pods in a Kubernetes cluster.
+    Kubernetes,
+    /// No provisioning: the API records intents only.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionerConfig {
+    pub kind: ProvisionerKind,
+    /// Local provisioner: records and working directories; default `{data_dir}/clusters`.
+    pub root: Option<std::path::PathBuf>,
+    /// SIGTERM → SIGKILL grace when a cluster is deleted.
+    pub stop_grace_ms: u64,
+    /// Settings of the Kubernetes provisioner (`kind = "kubernetes"`), checked by the
+    /// `sluice` binary, which links it: the library stays free of the Kubernetes client.
+    pub kubernetes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig {
+            kind: ProvisionerKind::Local,
+            root: None,
+            stop_grace_ms: 10_000,
+            kubernetes: serde_json::Map::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `file:///abs/dir` or `s3://bucket/prefix`; default `file://{data_dir}/blobs`.
+    pub root: Option<String>,
+    /// Environment of engine processes (`S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`); the control plane uses the same settings.
+    pub engine_env: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcilerConfig {
+    pub enabled: bool,
+    /// Time between passes (an accepted intent wakes the leader at once).
+    pub interval_ms: u64,
+    /// Applications reconciled at once.
+    pub concurrency: usize,
+    /// Backoff of an application whose step failed: doubles up to the maximum, jittered.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A stop-with-savepoint still in progress after this long is given up.
+    pub savepoint_timeout_ms: u64,
+    /// The PostgreSQL advisory lock whose holder leads.
+    pub leader_lock_key: i64,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            enabled: true,
+            interval_ms: 1_000,
+            concurrency: 16,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            savepoint_timeout_ms: 300_000,
+            leader_lock_key: 0x5e1c_e001,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// How often the budget pass runs (threshold alerts, hard stops); 0 turns it off.
+    pub budget_interval_ms: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            budget_interval_ms: 60_000,
+        }
+    }
+}
+
+/// The savepoint background loops (every replica runs them; they share work through the database).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SavepointConfig {
+    /// Run the scheduler, the workers and disposal in this process.
+    pub enabled: bool,
+    /// Shortest `interval_s` a schedule may have.
+    pub min_interval_s: u64,
+    /// How often the scheduler and retention passes run.
+    pub tick_ms: u64,
+    /// Schedules claimed per transaction of a scheduler pass.
+    pub scheduler_batch: u32,
+    /// Savepoints taken, disposed of or exported at once by this process.
+    pub concurrency: usize,
+    /// How often a trigger on the JobManager is polled.
+    pub poll_ms: u64,
+    /// A savepoint still in progress after this long is failed.
+    pub take_timeout_s: u64,
+    /// Attempts of a take before it is failed (disposal retries without limit).
+    pub max_attempts: u32,
+    /// Backoff of a failed attempt: doubles from the initial value up to the maximum, with jitter.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SavepointConfig {
+    fn default() -> Self {
+        SavepointConfig {
+            enabled: true,
+            min_interval_s: 60,
+            tick_ms: 1_000,
+            scheduler_batch: 2_000,
+            concurrency: 8,
+            poll_ms: 500,
+            take_timeout_s: 900,
+            max_attempts: 10,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +331,13 @@ impl Default for Config {
                 max_body_bytes: 1024 * 1024,
             },
             regions: vec!["local".into()],
+            savepoints: SavepointConfig::default(),
+            billing: BillingConfig::default(),
+            data_dir: default_data_dir(),
+            engine: EngineConfig::default(),
+            provisioner: ProvisionerConfig::default(),
+            storage: StorageConfig::default(),
+            reconciler: ReconcilerConfig::default(),
         }
     }
 }
@@ -177,6 +351,26 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// `{storage.root}`, defaulting to `file://{data_dir}/blobs` (absolute).
+    pub fn storage_root(&self) -> String {
+        match &self.storage.root {
+            Some(r) => r.trim_end_matches('/').to_owned(),
+            None => {
+                let dir = std::path::absolute(self.data_dir.join("blobs"))
+                    .unwrap_or_else(|_| self.data_dir.join("blobs"));
+                format!("file://{}", dir.display())
+            }
+        }
+    }
+
+    /// The local provisioner's root, defaulting to `{data_dir}/clusters`.
+    pub fn provisioner_root(&self) -> std::path::PathBuf {
+        self.provisioner
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("clusters"))
+    }
+
     /// Loads defaults → file → environment (`env` is the process environment in production).
     pub fn load(
         file: Option<&Path>,
@@ -255,6 +449,11 @@ impl Config {
         if self.regions.is_empty() {
             return Err(ConfigError::Invalid(
                 "regions must name at least one region".into(),
+            ));
+        }
+        if self.savepoints.min_interval_s == 0 || self.savepoints.tick_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "savepoints.min_interval_s and savepoints.tick_ms must be at least 1".into(),
             ));
         }
         if self.database.max_connections == 0 {

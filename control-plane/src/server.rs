@@ -17,9 +17,23 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// What the server uses but the library does not build itself (storage clients and
+/// provisioners that link heavy crates): the binary injects them.
+#[derive(Clone, Default)]
+pub struct Injected {
+    /// Provisioner and storage of applications; None serves the API only (intents are
+    /// recorded, no cluster is started).
+    pub engine: Option<std::sync::Arc<crate::reconcile::Engine>>,
+}
+
 /// Connects to the database, applies migrations when configured to, binds the
 /// listener and serves in a background task.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    start_with(cfg, Injected::default()).await
+}
+
+/// [`start`] with injected dependencies.
+pub async fn start_with(cfg: Config, injected: Injected) -> anyhow::Result<Running> {
     // sqlx brings ring and reqwest aws-lc-rs into rustls: with two providers
     // compiled in, rustls needs one chosen before the first TLS client is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -44,13 +58,57 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         )?)),
         None => None,
     };
+    // Savepoints use the engine's provisioner and storage; without both they are recorded, not taken.
+    let savepoints = match &injected.engine {
+        Some(e) => crate::service::savepoint_runtime::SavepointBackend::from_engine(e)
+            .await?
+            .map(std::sync::Arc::new),
+        None => None,
+    };
     let svc = Service {
         db: db.clone(),
         tenant_db: tenant_db.clone(),
         cfg: std::sync::Arc::new(cfg.clone()),
         keys,
         oidc,
+        savepoints: savepoints.clone(),
+        engine: injected
+            .engine
+            .clone()
+            .unwrap_or_else(|| std::sync::Arc::new(crate::reconcile::Engine::disabled())),
     };
+    // The reconciler (a standby until it holds the leader lock): stops with the server and
+    // is awaited before the pools close.
+    let reconciler = injected
+        .engine
+        .clone()
+        .filter(|e| cfg.reconciler.enabled && e.provisioner.is_some())
+        .map(|engine| {
+            let r = std::sync::Arc::new(crate::reconcile::Reconciler::new(
+                db.clone(),
+                cfg.database.url.clone(),
+                engine,
+                cfg.reconciler.clone(),
+            ));
+            tokio::spawn(r.run(shutdown.clone()))
+        });
+    // Savepoint scheduler, retention and workers: stop with the server, awaited before the pools close.
+    let savepoint_loops = savepoints.filter(|_| cfg.savepoints.enabled).map(|b| {
+        crate::service::savepoint_runtime::spawn(
+            db.clone(),
+            b,
+            cfg.savepoints.clone(),
+            shutdown.clone(),
+        )
+    });
+    // The budget pass stops with the server (its token) and is awaited before the pools close.
+    let budget_pass = (cfg.billing.budget_interval_ms > 0).then(|| {
+        crate::service::budget::spawn(
+            svc.clone(),
+            Duration::from_millis(cfg.billing.budget_interval_ms),
+            shutdown.clone(),
+        )
+    });
     let app = http::router(AppState {
         db: db.clone(),
         svc,
@@ -59,7 +117,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = http::serve(listener, app, token, grace).await;
+        let served = http::serve(listener, app, token.clone(), grace).await;
+        token.cancel();
+        if let Some(pass) = budget_pass
+            && let Err(e) = pass.await
+        {
+            tracing::error!(error = %e, "the budget pass task failed");
+        }
+        if let Some(r) = reconciler
+            && let Err(e) = r.await
+        {
+            tracing::error!(error = %e, "the reconciler task failed");
+        }
+        if let Some(loops) = savepoint_loops
+            && let Err(e) = loops.await
+        {
+            tracing::error!(error = %e, "the savepoint task failed");
+        }
         // The pools close last, after every request that could use them is done.
         tenant_db.close().await;
         db.close().await;
@@ -69,6 +143,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         addr,
         shutdown,
         task,
+    })
+}
+
+/// Registers the SIGTERM and SIGINT handlers now and returns what resolves on the first of
+/// them (register before serving, so an early signal never meets the default action).
+pub fn shutdown_signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 

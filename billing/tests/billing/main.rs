@@ -4,10 +4,12 @@
 //! - `history`: property tests of the ledger against an independent millisecond model.
 //! - `fixture_month`: an invoice of a fixture month against hand-computed expected files.
 //! - `bad_inputs`: every rejected parameter is named in the error.
+//! - `store`: the store against a real PostgreSQL (`sluice-test-support`).
 
 mod bad_inputs;
 mod fixture_month;
 mod history;
+mod store;
 
 use chrono::{DateTime, Utc};
 

@@ -264,3 +264,12 @@ pub struct RollbackRequest {
     /// The version whose spec becomes current again (default: the one before the current).
     pub to_version: Option<i64>,
 }
+
+/// Body of `POST /v1/applications/{id}:stop` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Stop at once, without a savepoint (the next start restores the latest checkpoint).
+    #[serde(default)]
+    pub force: bool,
+}

@@ -123,6 +123,12 @@ prefixed_id!(
 prefixed_id!(
     /// An audit event.
     AuditEventId, "aud");
+prefixed_id!(
+    /// A run: one provisioned cluster lifetime of an application (metering attaches here).
+    RunId, "run");
+prefixed_id!(
+    /// An application event.
+    EventId, "evt");
 
 #[cfg(test)]
 mod tests {

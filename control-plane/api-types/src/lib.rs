@@ -9,19 +9,25 @@
 
 pub mod application;
 pub mod audit;
+pub mod billing;
+pub mod engine;
 pub mod error;
 pub mod id;
 pub mod identity;
 pub mod operation;
 pub mod pool;
+pub mod savepoint;
 
 pub use application::*;
 pub use audit::*;
+pub use billing::*;
+pub use engine::*;
 pub use error::*;
 pub use id::*;
 pub use identity::*;
 pub use operation::*;
 pub use pool::*;
+pub use savepoint::*;
 
 /// Bounds of `?page_size=`; the default is used when it is absent.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;

@@ -15,6 +15,8 @@ pub enum OperationKind {
     Rollback,
     Update,
     Delete,
+    /// A savepoint copied to a tenant-given URI (`POST /v1/savepoints/{id}:export`).
+    ExportSavepoint,
 }
 
 impl OperationKind {
@@ -25,6 +27,7 @@ impl OperationKind {
             OperationKind::Rollback => "rollback",
             OperationKind::Update => "update",
             OperationKind::Delete => "delete",
+            OperationKind::ExportSavepoint => "export_savepoint",
         }
     }
 
@@ -35,6 +38,7 @@ impl OperationKind {
             Self::Rollback,
             Self::Update,
             Self::Delete,
+            Self::ExportSavepoint,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -5,9 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sluice_api_types::{
-    AppId, Application, ApplicationList, ApplicationVersion, ApplicationVersionList,
-    CreateApplication, DesiredState, Operation, PageParams, Problem, RollbackRequest,
-    UpdateApplication,
+    AppId, Application, ApplicationEventList, ApplicationList, ApplicationMetrics,
+    ApplicationVersion, ApplicationVersionList, CreateApplication, DesiredState, Operation,
+    PageParams, Problem, RollbackRequest, StopRequest, UpdateApplication,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,6 +23,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get, update, delete))
         .routes(routes!(versions))
         .routes(routes!(version))
+        .routes(routes!(events))
+        .routes(routes!(metrics))
         // `{id}:start` is not a pattern the router can match (a parameter must fill its
         // segment), so one POST handler takes the segment and dispatches on the suffix;
         // the three actions are documented on their own paths (see `action_docs`).
@@ -115,6 +117,36 @@ async fn versions(
     Ok(Json(application::versions(&s.svc, &ctx, &id, &p).await?))
 }
 
+/// What happened to the application (phase changes, cluster starts and stops, savepoints), oldest first.
+#[utoipa::path(get, path = "/v1/applications/{id}/events", tag = "applications", params(("id" = AppId, Path), PageParams),
+    responses((status = 200, body = ApplicationEventList), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+async fn events(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    PathId(id): PathId<AppId>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<ApplicationEventList>, ApiError> {
+    Ok(Json(
+        crate::service::event::list(&s.svc, &ctx, &id, &p).await?,
+    ))
+}
+
+/// What the engine reports for the current run: throughput, restarts, the last checkpoint.
+#[utoipa::path(get, path = "/v1/applications/{id}/metrics", tag = "applications", params(("id" = AppId, Path)),
+    responses((status = 200, body = ApplicationMetrics), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem, description = "No running cluster (`not_running`)"),
+        (status = 429, body = Problem)))]
+async fn metrics(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    PathId(id): PathId<AppId>,
+) -> Result<Json<ApplicationMetrics>, ApiError> {
+    Ok(Json(
+        crate::service::event::metrics(&s.svc, &ctx, &id).await?,
+    ))
+}
+
 /// One version of the spec with its diff against the previous version.
 #[utoipa::path(get, path = "/v1/applications/{id}/versions/{n}", tag = "applications",
     params(("id" = AppId, Path), ("n" = i64, Path, description = "Version number, from 1")),
@@ -148,10 +180,24 @@ async fn action(
     let id: AppId = id.parse().map_err(|_| not_found())?;
     let op = match verb {
         "start" => {
-            application::set_desired_state(&s.svc, &ctx, &id, v, DesiredState::Running).await?
+            application::set_desired_state(
+                &s.svc,
+                &ctx,
+                &id,
+                v,
+                DesiredState::Running,
+                &StopRequest::default(),
+            )
+            .await?
         }
         "stop" => {
-            application::set_desired_state(&s.svc, &ctx, &id, v, DesiredState::Stopped).await?
+            let req: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                StopRequest::default()
+            } else {
+                decode_json(&body)?
+            };
+            application::set_desired_state(&s.svc, &ctx, &id, v, DesiredState::Stopped, &req)
+                .await?
         }
         "rollback" => {
             let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -178,12 +224,13 @@ pub mod action_docs {
     #[utoipa::path(post, path = "/v1/applications/{id}:start", tag = "applications",
         params(("id" = AppId, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
-            (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
-            (status = 422, body = Problem), (status = 429, body = Problem)))]
+            (status = 404, body = Problem), (status = 409, body = Problem, description = "Already running, being deleted, or `compute_pool_exhausted` (with free and requested KPUs)"),
+            (status = 412, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
     pub async fn start() {}
 
-    /// Stop: set `desired_state` to stopped (a new version) and return the operation.
-    #[utoipa::path(post, path = "/v1/applications/{id}:stop", tag = "applications",
+    /// Stop: set `desired_state` to stopped (a new version) and return the operation. The
+    /// cluster stops with a savepoint unless `force`.
+    #[utoipa::path(post, path = "/v1/applications/{id}:stop", tag = "applications", request_body(content = Option<StopRequest>),
         params(("id" = AppId, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
             (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),

@@ -124,6 +124,21 @@ impl IntoResponse for ApiError {
                 S::Unprocessable { code, detail } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, code, detail, Vec::new())
                 }
+                S::PoolExhausted {
+                    free_kpu_milli,
+                    requested_kpu_milli,
+                    detail,
+                } => {
+                    let mut p = problem(
+                        StatusCode::CONFLICT,
+                        "compute_pool_exhausted",
+                        detail,
+                        Vec::new(),
+                    );
+                    p.free_kpu_milli = Some(free_kpu_milli);
+                    p.requested_kpu_milli = Some(requested_kpu_milli);
+                    return problem_response(p);
+                }
                 S::PreconditionFailed { .. } => (
                     StatusCode::PRECONDITION_FAILED,
                     "precondition_failed",

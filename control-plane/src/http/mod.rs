@@ -4,13 +4,18 @@
 mod admin;
 mod application;
 mod auth;
+mod budget;
 mod compute_pool;
 pub mod error;
 mod health;
 mod idempotency;
 mod identity;
+mod invoice;
 mod operation;
+mod price_book;
 pub mod rate_limit;
+mod savepoint;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +47,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice API", version = "1", description = "Managed stream processing: organizations, identity, compute pools and applications. Errors are application/problem+json (RFC 9457)."),
-    paths(application::action_docs::start, application::action_docs::stop, application::action_docs::rollback),
+    paths(application::action_docs::start, application::action_docs::stop, application::action_docs::rollback, savepoint::action_docs::export),
     modifiers(&Security),
     tags(
         (name = "auth", description = "Tokens, login, signup and the JWKS"),
@@ -50,7 +55,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "compute-pools", description = "KPU budgets applications are admitted against"),
         (name = "applications", description = "Streaming jobs: spec, versions, intents"),
         (name = "operations", description = "Asynchronous actions"),
+        (name = "savepoints", description = "Savepoint backups: taken, scheduled, retained, imported, exported, disposed of"),
         (name = "audit", description = "Every accepted mutation"),
+        (name = "billing", description = "Usage, invoices and budgets"),
         (name = "admin", description = "The platform operator's API"),
     )
 )]
@@ -100,6 +107,10 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
         .merge(compute_pool::routes())
         .merge(application::routes())
         .merge(operation::routes())
+        .merge(savepoint::routes())
+        .merge(usage::routes())
+        .merge(invoice::routes())
+        .merge(budget::routes())
 }
 
 /// The OpenAPI document of every route (what `/openapi.json` serves and
@@ -109,6 +120,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(tenant_routes())
         .merge(auth::routes())
         .merge(admin::routes())
+        .merge(price_book::routes())
         .into_openapi();
     // Modifiers ran on the base document only; run the security pass over the merged paths.
     utoipa::Modify::modify(&Security, &mut doc);
@@ -123,7 +135,9 @@ pub fn router(state: AppState) -> Router {
             idempotency::idempotent_post,
         ))
         .layer(from_fn_with_state(state.clone(), auth::require_bearer));
-    let (admin, _) = admin::routes().split_for_parts();
+    let (admin, _) = admin::routes()
+        .merge(price_book::routes())
+        .split_for_parts();
     let admin = admin.layer(from_fn_with_state(state.clone(), auth::require_admin));
     let (public, _) = auth::routes().split_for_parts();
     let body_limit = state.svc.cfg.limits.max_body_bytes;

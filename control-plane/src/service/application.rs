@@ -5,9 +5,10 @@
 use sluice_api_types::{
     AppId, Application, ApplicationList, ApplicationSpec, ApplicationVersion,
     ApplicationVersionList, CreateApplication, DesiredState, FieldError, Operation, OperationKind,
-    OperationState, PageParams, PoolId, Problem, RollbackRequest, UpdateApplication,
+    OperationState, PageParams, PoolId, Problem, RollbackRequest, StopRequest, UpdateApplication,
 };
 
+use super::admission::{self, Decision};
 use super::spec::{diff, kpu_milli, validate};
 use super::{Ctx, Service, ServiceError, check_version, page_size, policy};
 use crate::store::{self, Tx};
@@ -42,6 +43,44 @@ async fn check_fits_pool(
                 pool.id,
                 pool.max_kpu
             ),
+        });
+    }
+    Ok(())
+}
+
+/// Reserves what a running `spec` holds in its pool, in the transaction that locks the
+/// pool row: admitted, queued (PENDING) or 409 `compute_pool_exhausted`.
+async fn admit(
+    tx: &mut Tx,
+    ctx: &Ctx,
+    app: &AppId,
+    spec: &ApplicationSpec,
+) -> Result<Decision, ServiceError> {
+    let need = kpu_milli(spec);
+    let d = admission::admit(tx, &ctx.org_id, &spec.compute_pool_id, app, need).await?;
+    if let Decision::Exhausted { free, requested } = d {
+        return Err(ServiceError::PoolExhausted {
+            free_kpu_milli: free,
+            requested_kpu_milli: requested,
+            detail: format!(
+                "compute pool {} has {}.{:03} KPU free but the application needs {}.{:03} KPU",
+                spec.compute_pool_id,
+                free / 1000,
+                free % 1000,
+                requested / 1000,
+                requested % 1000
+            ),
+        });
+    }
+    Ok(d)
+}
+
+/// 409 while the application is being deleted.
+async fn not_deleting(tx: &mut Tx, id: &AppId) -> Result<(), ServiceError> {
+    if store::application::delete_requested(tx, id).await? {
+        return Err(ServiceError::Conflict {
+            code: "invalid_state",
+            detail: format!("application {id} is being deleted"),
         });
     }
     Ok(())
@@ -96,7 +135,9 @@ pub async fn create(
             }
             e => e.into(),
         })?;
+    store::runtime::ensure(&mut tx, &ctx.org_id, &id, &spec.compute_pool_id).await?;
     if spec.desired_state == DesiredState::Running {
+        admit(&mut tx, ctx, &id, &spec).await?;
         store::operation::insert(
             &mut tx,
             &ctx.org_id,
@@ -116,6 +157,7 @@ pub async fn create(
     )
     .await?;
     tx.commit().await?;
+    svc.engine.wake();
     Ok(app)
 }
 
@@ -231,6 +273,7 @@ pub async fn update(
     let mut tx = ctx.begin(svc).await?;
     let current = load(&mut tx, ctx, id, true).await?;
     check_version(if_match, current.version)?;
+    not_deleting(&mut tx, id).await?;
     let mut spec = current.spec.clone();
     if let Some(v) = req.sql {
         spec.sql = v;
@@ -268,6 +311,10 @@ pub async fn update(
     }
     invalid_if_any(validate(&spec))?;
     check_fits_pool(&mut tx, ctx, &spec).await?;
+    if spec.desired_state == DesiredState::Running {
+        store::runtime::ensure(&mut tx, &ctx.org_id, id, &spec.compute_pool_id).await?;
+        admit(&mut tx, ctx, id, &spec).await?;
+    }
     let kind = match (current.spec.desired_state, spec.desired_state) {
         (DesiredState::Stopped, DesiredState::Running) => OperationKind::Start,
         (DesiredState::Running, DesiredState::Stopped) => OperationKind::Stop,
@@ -275,6 +322,7 @@ pub async fn update(
     };
     let (app, _) = new_version(&mut tx, ctx, &current, &spec, kind).await?;
     tx.commit().await?;
+    svc.engine.wake();
     Ok(app)
 }
 
@@ -285,11 +333,33 @@ pub async fn set_desired_state(
     id: &AppId,
     if_match: Option<i64>,
     want: DesiredState,
+    stop: &StopRequest,
 ) -> Result<Operation, ServiceError> {
     ctx.require(policy::WRITE_APPS, "start or stop applications")?;
     let mut tx = ctx.begin(svc).await?;
-    let current = load(&mut tx, ctx, id, true).await?;
+    let op = set_desired_state_in(&mut tx, ctx, id, if_match, want).await?;
+    if want == DesiredState::Stopped && stop.force {
+        store::runtime::set_stop_force(&mut tx, id, true).await?;
+    }
+    tx.commit().await?;
+    svc.engine.wake();
+    Ok(op)
+}
+
+/// [`set_desired_state`] in the caller's transaction and without the role check: for the
+/// system acting on an organization (a budget's hard stop, `service::budget`), whose `ctx`
+/// names the service account it acts as, so the version, operation and audit event are
+/// recorded exactly as for a tenant's request.
+pub async fn set_desired_state_in(
+    tx: &mut Tx,
+    ctx: &Ctx,
+    id: &AppId,
+    if_match: Option<i64>,
+    want: DesiredState,
+) -> Result<Operation, ServiceError> {
+    let current = load(tx, ctx, id, true).await?;
     check_version(if_match, current.version)?;
+    not_deleting(tx, id).await?;
     if current.spec.desired_state == want {
         return Err(ServiceError::Conflict {
             code: "invalid_state",
@@ -305,16 +375,24 @@ pub async fn set_desired_state(
     }
     let mut spec = current.spec.clone();
     spec.desired_state = want;
+    let pool = &spec.compute_pool_id;
+    store::runtime::ensure(tx, &ctx.org_id, id, pool).await?;
+    store::runtime::set_stop_force(tx, id, false).await?;
     if want == DesiredState::Running {
-        check_fits_pool(&mut tx, ctx, &spec).await?;
+        check_fits_pool(tx, ctx, &spec).await?;
+        admit(tx, ctx, id, &spec).await?;
+    } else {
+        // A start still waiting in the queue holds nothing: it just leaves the queue.
+        store::compute_pool::get(tx, &ctx.org_id, pool, true).await?;
+        store::runtime::dequeue(tx, id).await?;
+        store::runtime::sync_pool_status(tx, pool).await?;
     }
     let kind = if want == DesiredState::Running {
         OperationKind::Start
     } else {
         OperationKind::Stop
     };
-    let (_, op) = new_version(&mut tx, ctx, &current, &spec, kind).await?;
-    tx.commit().await?;
+    let (_, op) = new_version(tx, ctx, &current, &spec, kind).await?;
     Ok(op)
 }
 
@@ -353,13 +431,20 @@ pub async fn rollback(
     let mut spec = old.spec;
     spec.desired_state = current.spec.desired_state;
     check_fits_pool(&mut tx, ctx, &spec).await?;
+    not_deleting(&mut tx, id).await?;
+    if spec.desired_state == DesiredState::Running {
+        store::runtime::ensure(&mut tx, &ctx.org_id, id, &spec.compute_pool_id).await?;
+        admit(&mut tx, ctx, id, &spec).await?;
+    }
     let (_, op) = new_version(&mut tx, ctx, &current, &spec, OperationKind::Rollback).await?;
     tx.commit().await?;
+    svc.engine.wake();
     Ok(op)
 }
 
-/// Deletes the application and its versions. Returns the (completed) delete
-/// operation; with provisioning it will complete once the cluster is gone.
+/// Deletes the application. One that never ran goes at once (the operation is
+/// SUCCEEDED); otherwise it turns DELETING and the reconciler removes its cluster and its
+/// storage prefix first (the operation completes then).
 pub async fn delete(
     svc: &Service,
     ctx: &Ctx,
@@ -370,14 +455,38 @@ pub async fn delete(
     let mut tx = ctx.begin(svc).await?;
     let current = load(&mut tx, ctx, id, true).await?;
     check_version(if_match, current.version)?;
-    store::application::delete(&mut tx, &ctx.org_id, id).await?;
+    not_deleting(&mut tx, id).await?;
+    let never_ran = store::run::max_generation(&mut tx, id.as_str()).await? == 0;
+    let state = if never_ran {
+        // No cluster and no stored state: gone at once, with what it reserved or queued for.
+        let pool = &current.spec.compute_pool_id;
+        admission::set_held(&mut tx, &ctx.org_id, pool, id, 0).await?;
+        store::application::delete(&mut tx, &ctx.org_id, id).await?;
+        store::runtime::sync_pool_status(&mut tx, pool).await?;
+        OperationState::Succeeded
+    } else {
+        let superseded = Problem {
+            type_uri: "urn:sluice:problem:superseded".into(),
+            title: "Superseded".into(),
+            status: 409,
+            code: "superseded".into(),
+            detail: "the application was deleted before this operation finished".into(),
+            request_id: ctx.request_id.clone(),
+            errors: Vec::new(),
+            free_kpu_milli: None,
+            requested_kpu_milli: None,
+        };
+        store::operation::supersede(&mut tx, &ctx.org_id, id, &superseded).await?;
+        store::application::request_delete(&mut tx, &ctx.org_id, id).await?;
+        OperationState::InProgress
+    };
     let op = store::operation::insert(
         &mut tx,
         &ctx.org_id,
         id,
         OperationKind::Delete,
         current.version,
-        OperationState::Succeeded,
+        state,
     )
     .await?;
     ctx.audit(
@@ -389,6 +498,7 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
+    svc.engine.wake();
     Ok(op)
 }
 

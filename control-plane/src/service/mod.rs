@@ -5,17 +5,28 @@
 //! [`crate::store::tenant_tx_checked`]) and records an audit event for every mutation
 //! inside it, so an accepted change and its audit entry commit together.
 
+pub mod admission;
 pub mod api_key;
 pub mod application;
 pub mod audit;
 pub mod auth;
+pub mod billing_ops;
+pub mod budget;
 pub mod compute_pool;
+pub mod event;
 pub mod idempotency;
+pub mod invoice;
 pub mod oidc;
 pub mod operation;
 pub mod organization;
+pub mod price_book;
+pub mod savepoint;
+pub mod savepoint_jm;
+pub mod savepoint_runtime;
+pub mod savepoint_schedule;
 pub mod service_account;
 pub mod spec;
+pub mod usage;
 pub mod user;
 
 use std::sync::Arc;
@@ -43,6 +54,10 @@ pub struct Service {
     pub keys: Arc<auth::KeyRing>,
     /// The external OIDC issuer, when configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
+    /// Provisioner, storage and the reconciler's wake-up (applications that run).
+    pub engine: Arc<crate::reconcile::Engine>,
+    /// Savepoint storage and clusters (injected at start; None: savepoints are recorded, not taken).
+    pub savepoints: Option<Arc<savepoint_runtime::SavepointBackend>>,
 }
 
 /// The errors of the service layer; `http::error` maps each to one status and code.
@@ -56,6 +71,13 @@ pub enum ServiceError {
     Conflict { code: &'static str, detail: String },
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String },
+    /// 409 `compute_pool_exhausted` with the free and requested KPUs (DESIGN §6).
+    #[error("{detail}")]
+    PoolExhausted {
+        free_kpu_milli: u64,
+        requested_kpu_milli: u64,
+        detail: String,
+    },
     #[error("If-Match names version {expected} but the current version is {current}")]
     PreconditionFailed { expected: i64, current: i64 },
     #[error("{0}")]
@@ -225,6 +247,9 @@ pub mod policy {
     pub const WRITE_APPS: &[Role] = &[OrgAdmin, Developer];
     pub const MANAGE_IDENTITY: &[Role] = &[OrgAdmin];
     pub const READ_AUDIT: &[Role] = &[OrgAdmin];
+    /// Usage, invoices and the budget.
+    pub const READ_BILLING: &[Role] = &[OrgAdmin, BillingAdmin, Viewer];
+    pub const WRITE_BUDGET: &[Role] = &[OrgAdmin, BillingAdmin];
 }
 
 /// Parses `page_size` / `page_token` of a list whose cursor is an identifier.

@@ -277,3 +277,28 @@ pub async fn version(
     .map(VersionRow::into_api)
     .transpose()
 }
+
+/// Marks the application for deletion (the reconciler removes cluster, storage, then the row).
+pub async fn request_delete(conn: &mut Conn, org: &OrgId, app: &AppId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE applications SET delete_requested_at = COALESCE(delete_requested_at, now())
+         WHERE id = $1 AND org_id = $2",
+    )
+    .bind(app.as_str())
+    .bind(org.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_requested(conn: &mut Conn, app: &AppId) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar(
+            "SELECT delete_requested_at IS NOT NULL FROM applications WHERE id = $1",
+        )
+        .bind(app.as_str())
+        .fetch_optional(conn)
+        .await?
+        .unwrap_or(false),
+    )
+}

@@ -11,12 +11,20 @@
 pub mod api_key;
 pub mod application;
 pub mod audit;
+pub mod billing;
 pub mod compute_pool;
+pub mod event;
 pub mod idempotency;
 pub mod operation;
 pub mod organization;
+pub mod reconcile;
+pub mod run;
+pub mod runtime;
+pub mod savepoint;
+pub mod savepoint_schedule;
 pub mod service_account;
 pub mod signing_key;
+pub mod status;
 pub mod user;
 
 use std::str::FromStr;

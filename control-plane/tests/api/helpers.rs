@@ -86,11 +86,24 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_injected(None, tweak, server::Injected::default()).await
+}
+
+/// A server with injected dependencies (an engine), on `db_url` (another server's database,
+/// for tests of several replicas) or on a fresh database.
+pub async fn spawn_app_injected(
+    db_url: Option<String>,
+    tweak: impl FnOnce(&mut Config),
+    injected: server::Injected,
+) -> TestApp {
     init_logs();
-    let db_url = sluice_test_support::postgres()
-        .fresh_database()
-        .await
-        .expect("fresh database");
+    let db_url = match db_url {
+        Some(u) => u,
+        None => sluice_test_support::postgres()
+            .fresh_database()
+            .await
+            .expect("fresh database"),
+    };
     let mut cfg =
         Config::load(None, [("SLUICE_DATABASE__URL".to_string(), db_url.clone())]).expect("config");
     cfg.listen = "127.0.0.1:0".parse().unwrap();
@@ -100,7 +113,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     cfg.limits.burst = 10_000;
     cfg.regions = vec!["local".into(), "eu-west".into()];
     tweak(&mut cfg);
-    let running = server::start(cfg).await.expect("server starts");
+    let running = server::start_with(cfg, injected)
+        .await
+        .expect("server starts");
     TestApp {
         base: format!("http://{}", running.addr),
         db_url,

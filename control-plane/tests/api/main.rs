@@ -7,17 +7,21 @@
 // that is how a test fails.
 #![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
 
+mod cluster;
 mod helpers;
 
+mod admission;
 mod applications;
 mod auth;
 mod bad_input;
+mod billing;
+mod billing_budget;
 mod cli;
 mod compute_pools;
+mod latency;
+mod leader;
+mod lifecycle;
 mod openapi;
 mod roles;
+mod savepoints;
 mod tenancy;
-
-// The integrator's readiness and shutdown tests, compiled into this binary.
-#[path = "../server.rs"]
-mod server;

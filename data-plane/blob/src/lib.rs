@@ -19,6 +19,7 @@ mod error;
 mod fs;
 mod location;
 mod path;
+pub mod savepoints;
 
 use std::fmt;
 use std::io;

@@ -1,22 +1,32 @@
 //! `'connector' = 'kafka'` and `'upsert-kafka'` for the Sluice engine, over
-//! rdkafka (bundled librdkafka 2.12). At-least-once: the sink flushes on
-//! barriers and at the end; exactly-once is the cluster's (two-phase) sink.
+//! rdkafka (bundled librdkafka 2.12).
 //!
 //! Source: the topic's partitions are spread over subtasks (partition `p` to
 //! subtask `p % parallelism`), assigned directly (no consumer-group
-//! rebalancing) so each partition is a split with its own watermark; the next
-//! offset of each partition is the reader's position (kept in checkpoints).
-//! `scan.startup.mode`: `earliest-offset`, `latest-offset`, `group-offsets`
-//! (default, as Flink; falls back to earliest), `timestamp`
+//! rebalancing) so each partition is a split with its own watermark. The
+//! position (kept in checkpoints) is the next offset of each partition:
+//! `{"kafka":{"topic":"t","partitions":{"0":42,"2":17}}}`. A restore takes the
+//! union of all old subtasks' positions, so partitions may move to other
+//! subtasks when the parallelism changes; a partition it does not name starts
+//! at the earliest offset. `scan.startup.mode` only applies without a restored
+//! position: `earliest-offset`, `latest-offset`, `group-offsets` (default, as
+//! Flink; falls back to earliest), `timestamp`
 //! (`scan.startup.timestamp-millis`). `scan.bounded.mode = 'latest-offset'`
-//! stops at the end offsets seen at start.
+//! stops at the end of the log.
 //!
 //! Sink: value in `json`; optional key from `key.fields` (`key.format` json or
 //! raw); `upsert-kafka` keys by the primary key, skips `-U` and writes `-D` as
-//! a tombstone. Delivery failures fail the job.
+//! a tombstone. Delivery failures fail the job. At-least-once by default
+//! (flush on barriers and at the end). `'sink.delivery-guarantee' =
+//! 'exactly-once'` (with `'sink.transactional-id-prefix'`) in an exactly-once
+//! job: a write-ahead two-phase sink, see [`eos`].
 //!
-//! Tests: the seed job runs against the real broker in `sluice-engine`'s tests.
+//! Tests (real tansu broker through `sluice-test-support`):
+//! `dev/cargo test -p sluice-connector-kafka` — source restore at another
+//! parallelism, and the exactly-once sink through every crash window, checked
+//! on the raw log with `sluice_test_support::kafka_log`.
 
+pub mod eos;
 mod sink;
 mod source;
 

@@ -14,12 +14,13 @@ use sluice_runtime::connector::{SinkContext, SinkWriter};
 use sluice_runtime::{Result, RowKind};
 use sluice_sql::TableDef;
 
+use crate::eos::Eos;
 use crate::{client_config, err};
 
 /// Remembers the first failed delivery so the job fails instead of losing records.
 #[derive(Clone, Default)]
-struct Ctx {
-    failed: Arc<Mutex<Option<String>>>,
+pub(crate) struct Ctx {
+    pub(crate) failed: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientContext for Ctx {}
@@ -40,7 +41,10 @@ impl ProducerContext for Ctx {
 pub struct KafkaSink {
     table: TableDef,
     topic: String,
-    producer: BaseProducer<Ctx>,
+    /// At-least-once: records go straight to this producer.
+    producer: Option<BaseProducer<Ctx>>,
+    /// Exactly-once: records are kept for the checkpoint (write-ahead).
+    eos: Option<Eos>,
     ctx: Ctx,
     value_cols: Vec<usize>,
     key_cols: Vec<usize>,
@@ -82,15 +86,39 @@ impl KafkaSink {
             .filter(|i| !(except_key && key_cols.contains(i)))
             .collect();
         let ctx = Ctx::default();
-        let mut cfg = client_config(t);
-        cfg.set("linger.ms", "5");
-        let producer: BaseProducer<Ctx> = cfg
-            .create_with_context(ctx.clone())
-            .map_err(|e| err(t, format!("creating the producer: {e}")))?;
+        let topic = t.option("topic").unwrap_or_default().to_string();
+        // The job's mode and the table's wish together (the task layer may
+        // pass the job's mode alone).
+        let (producer, eos) = if sc.exactly_once
+            && sluice_runtime::connector::sink_wants_exactly_once(t)
+        {
+            let prefix = t
+                .option("sink.transactional-id-prefix")
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    err(
+                        t,
+                        "'sink.delivery-guarantee' = 'exactly-once' needs 'sink.transactional-id-prefix'"
+                            .into(),
+                    )
+                })?;
+            (
+                None,
+                Some(Eos::new(&topic, prefix, &sc.sink_uid, sc.subtask)),
+            )
+        } else {
+            let mut cfg = client_config(t);
+            cfg.set("linger.ms", "5");
+            let producer: BaseProducer<Ctx> = cfg
+                .create_with_context(ctx.clone())
+                .map_err(|e| err(t, format!("creating the producer: {e}")))?;
+            (Some(producer), None)
+        };
         Ok(KafkaSink {
             table: t.clone(),
-            topic: t.option("topic").unwrap_or_default().to_string(),
+            topic,
             producer,
+            eos,
             ctx,
             value_cols,
             key_raw: t.option("key.format") == Some("raw"),
@@ -178,45 +206,98 @@ impl SinkWriter for KafkaSink {
                 continue;
             }
             let tombstone = self.upsert && kind == RowKind::Delete;
-            loop {
-                let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic);
-                if !tombstone {
-                    rec = rec.payload(payload);
-                }
-                if let Some(k) = key {
-                    rec = rec.key(k);
-                }
-                match self.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        // Backpressure from librdkafka's queue: let deliveries complete.
-                        self.producer.poll(Duration::from_millis(50));
-                    }
-                    Err((e, _)) => {
-                        return Err(err(
-                            &self.table,
-                            format!("producing to topic '{}': {e}", self.topic),
-                        ));
-                    }
-                }
+            let value = (!tombstone).then_some(payload);
+            if let Some(eos) = self.eos.as_mut() {
+                eos.pending.push(key, value);
+                continue;
             }
+            let Some(producer) = self.producer.as_ref() else {
+                continue;
+            };
+            send(producer, &self.topic, -1, key, value).map_err(|e| err(&self.table, e))?;
         }
-        self.producer.poll(Duration::ZERO);
+        if let Some(p) = self.producer.as_ref() {
+            p.poll(Duration::ZERO);
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.producer.flush(Duration::from_secs(60)).map_err(|e| {
-            err(
-                &self.table,
-                format!("flushing to topic '{}': {e}", self.topic),
-            )
-        })?;
+        // Exactly-once: nothing leaves before commit; pending records are in memory.
+        if let Some(p) = self.producer.as_ref() {
+            p.flush(Duration::from_secs(60)).map_err(|e| {
+                err(
+                    &self.table,
+                    format!("flushing to topic '{}': {e}", self.topic),
+                )
+            })?;
+        }
         self.check_failed()
     }
 
+    /// End of input. Exactly-once: what was written since the last
+    /// checkpoint is committed in a transaction of its own, without a marker
+    /// (the task layer takes a final checkpoint first, which leaves nothing).
     fn finish(&mut self) -> Result<()> {
+        if let Some(eos) = self.eos.as_mut() {
+            let c = eos.pending.take(eos.subtask);
+            eos.commit(&self.table, None, &c)?;
+        }
         self.flush()
+    }
+
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<u8>> {
+        let _ = checkpoint_id;
+        match self.eos.as_mut() {
+            Some(eos) => Ok(eos.pending.take(eos.subtask)),
+            None => {
+                self.flush()?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+        match self.eos.as_mut() {
+            Some(eos) => eos.commit(&self.table, Some(checkpoint_id), committable),
+            None if committable.is_empty() => Ok(()),
+            None => Err(err(
+                &self.table,
+                format!(
+                    "checkpoint {checkpoint_id} holds an exactly-once committable but the sink is not exactly-once now ('sink.delivery-guarantee' changed?)"
+                ),
+            )),
+        }
+    }
+}
+
+/// Produces one record, waiting while librdkafka's queue is full.
+pub(crate) fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> std::result::Result<(), String> {
+    loop {
+        let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic);
+        if partition >= 0 {
+            rec = rec.partition(partition);
+        }
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // Backpressure from librdkafka's queue: let deliveries complete.
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => return Err(format!("producing to topic '{topic}': {e}")),
+        }
     }
 }
 

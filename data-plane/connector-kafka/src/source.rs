@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
@@ -26,11 +27,53 @@ struct Part {
 
 pub struct KafkaSource {
     table: TableDef,
+    topic: String,
     consumer: BaseConsumer,
     parts: Vec<Part>,
     decoder: JsonDecoder,
     decoded: Vec<RecordBatch>,
     bounded: bool,
+}
+
+/// Union of the restored positions of all old subtasks: partition → next
+/// offset; `None` on a fresh start.
+fn restored_offsets(ctx: &SourceContext, topic: &str) -> Result<Option<HashMap<i32, i64>>> {
+    if ctx.restore.is_empty() {
+        return Ok(None);
+    }
+    let t = &ctx.table;
+    let mut m = HashMap::new();
+    for pos in &ctx.restore {
+        let v: serde_json::Value = serde_json::from_slice(pos)
+            .map_err(|e| err(t, format!("restored position is not JSON: {e}")))?;
+        let (Some(tp), Some(parts)) = (
+            v.pointer("/kafka/topic").and_then(|x| x.as_str()),
+            v.pointer("/kafka/partitions").and_then(|x| x.as_object()),
+        ) else {
+            return Err(err(
+                t,
+                format!("restored position {v} is not a Kafka position"),
+            ));
+        };
+        if tp != topic {
+            // The table now reads another topic: its old offsets mean nothing here.
+            continue;
+        }
+        for (k, o) in parts {
+            match (k.parse::<i32>(), o.as_i64()) {
+                (Ok(p), Some(o)) => {
+                    m.insert(p, o);
+                }
+                _ => {
+                    return Err(err(
+                        t,
+                        format!("bad partition offset {k}: {o} in restored position"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Some(m))
 }
 
 impl KafkaSource {
@@ -66,7 +109,14 @@ impl KafkaSource {
             .into_iter()
             .filter(|p| (*p as usize) % ctx.parallelism == ctx.subtask)
             .collect();
-        let mode = t.option("scan.startup.mode").unwrap_or("group-offsets");
+        let restored = restored_offsets(ctx, &topic)?;
+        // A restored position overrides the startup mode; partitions it does
+        // not name (added since) start at the earliest offset, as in Flink.
+        let mode = if restored.is_some() {
+            "restored"
+        } else {
+            t.option("scan.startup.mode").unwrap_or("group-offsets")
+        };
         let bounded = t.option("scan.bounded.mode") == Some("latest-offset");
         let mut parts = Vec::new();
         let mut committed = None;
@@ -109,6 +159,10 @@ impl KafkaSource {
                 .fetch_watermarks(&topic, p, T)
                 .map_err(|e| err(t, format!("offsets of {topic}/{p}: {e}")))?;
             let start = match mode {
+                "restored" => restored
+                    .as_ref()
+                    .and_then(|r| r.get(&p).copied())
+                    .unwrap_or(low),
                 "earliest-offset" => low,
                 "latest-offset" => high,
                 "timestamp" => match by_time
@@ -150,6 +204,7 @@ impl KafkaSource {
             .unwrap_or(false);
         Ok(KafkaSource {
             table: t.clone(),
+            topic,
             consumer,
             parts,
             decoder: JsonDecoder::new(
@@ -235,11 +290,13 @@ impl SourceReader for KafkaSource {
     }
 
     fn position(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.parts.len() * 12);
-        for p in &self.parts {
-            v.extend_from_slice(&p.id.to_le_bytes());
-            v.extend_from_slice(&p.next.to_le_bytes());
-        }
-        v
+        let parts: serde_json::Map<String, serde_json::Value> = self
+            .parts
+            .iter()
+            .map(|p| (p.id.to_string(), p.next.into()))
+            .collect();
+        serde_json::json!({"kafka": {"topic": self.topic, "partitions": parts}})
+            .to_string()
+            .into_bytes()
     }
 }

@@ -4,7 +4,17 @@
 //! `start`/`end` (sequences), `length` (random strings, default 100) and
 //! `max-past` (random timestamps in `(now - max-past, now]`). Columns are
 //! generated directly as Arrow arrays; rows are split evenly over subtasks.
+//!
+//! A bounded generator numbers its rows `0..n` (`n` = `number-of-rows` or the
+//! shortest sequence); row `i` of a sequence field is `start + i`. Each
+//! subtask owns ranges of row numbers and its position is what it has not
+//! emitted yet: `{"datagen":{"ranges":[[from,to),…]}}`. On restore the ranges
+//! of all old subtasks are concatenated in order and cut evenly over the new
+//! parallelism, so no row is lost or repeated across a rescale. An unbounded
+//! generator (random values only) has nothing to resume: its position is
+//! `{"datagen":{"emitted":n}}`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +30,25 @@ const BATCH: usize = 8192;
 
 #[derive(Debug, Clone)]
 enum Gen {
-    RandomInt { min: i64, max: i64 },
-    RandomFloat { min: f64, max: f64 },
-    RandomStr { length: usize },
+    RandomInt {
+        min: i64,
+        max: i64,
+    },
+    RandomFloat {
+        min: f64,
+        max: f64,
+    },
+    RandomStr {
+        length: usize,
+    },
     RandomBool,
-    RandomTs { max_past_ms: i64 },
-    Sequence { next: i64 },
+    RandomTs {
+        max_past_ms: i64,
+    },
+    /// Row `i` is `start + i`.
+    Sequence {
+        start: i64,
+    },
 }
 
 /// splitmix64: small, fast and good enough for test data.
@@ -55,7 +78,8 @@ impl Rng {
 pub struct DatagenReader {
     ctx: SourceContext,
     gens: Vec<Gen>,
-    remaining: Option<u64>,
+    /// Row numbers still to emit, in order (bounded generators only).
+    ranges: Option<VecDeque<(u64, u64)>>,
     rows_per_second: u64,
     rng: Rng,
     started: Instant,
@@ -86,8 +110,7 @@ pub fn create(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
         .transpose()?
         .unwrap_or(10_000)
         .max(1) as u64;
-    let (p, i) = (ctx.parallelism as u64, ctx.subtask as u64);
-    let share = |n: u64| n / p + u64::from(i < n % p);
+    let p = ctx.parallelism as u64;
     let mut gens = Vec::new();
     let mut seq_rows: Option<u64> = None;
     for f in ctx.schema.fields() {
@@ -114,14 +137,9 @@ pub fn create(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
                     )
                 })?,
             )?;
-            // Each subtask takes a contiguous slice of the sequence.
             let n = (end - start + 1).max(0) as u64;
-            let before: u64 = (0..i).map(|j| n / p + u64::from(j < n % p)).sum();
-            let mine = share(n);
-            seq_rows = Some(seq_rows.map_or(mine, |s: u64| s.min(mine)));
-            Gen::Sequence {
-                next: start + before as i64,
-            }
+            seq_rows = Some(seq_rows.map_or(n, |s: u64| s.min(n)));
+            Gen::Sequence { start }
         } else {
             match f.data_type() {
                 DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
@@ -201,19 +219,71 @@ pub fn create(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
         };
         gens.push(g);
     }
-    let remaining = match (total.map(share), seq_rows) {
+    let rows = match (total, seq_rows) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    };
+    let ranges = match rows {
+        None => None,
+        Some(n) if ctx.restore.is_empty() => Some(cut(&[(0, n)], ctx.subtask, ctx.parallelism)),
+        Some(_) => Some(cut(&restored_ranges(ctx)?, ctx.subtask, ctx.parallelism)),
     };
     Ok(Box::new(DatagenReader {
         ctx: ctx.clone(),
         gens,
-        remaining,
+        ranges,
         rows_per_second: rows_per_second.div_ceil(p).max(1),
         rng: Rng(0x5EED_0000 + ctx.subtask as u64),
         started: Instant::now(),
         emitted: 0,
     }))
+}
+
+/// Subtask `subtask`'s even share of the rows of `ranges` taken in order.
+fn cut(ranges: &[(u64, u64)], subtask: usize, parallelism: usize) -> VecDeque<(u64, u64)> {
+    let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let p = parallelism.max(1) as u128;
+    let share = |j: u128| (total as u128 * j / p) as u64;
+    let (lo, hi) = (share(subtask as u128), share(subtask as u128 + 1));
+    let mut out = VecDeque::new();
+    let mut at = 0u64;
+    for &(a, b) in ranges {
+        let len = b - a;
+        let (from, to) = (lo.max(at), hi.min(at + len));
+        if from < to {
+            out.push_back((a + from - at, a + to - at));
+        }
+        at += len;
+    }
+    out
+}
+
+/// The not-yet-emitted ranges of all subtasks of the restored snapshot, sorted.
+fn restored_ranges(ctx: &SourceContext) -> Result<Vec<(u64, u64)>> {
+    let mut all = Vec::new();
+    for pos in &ctx.restore {
+        let v: serde_json::Value = serde_json::from_slice(pos)
+            .map_err(|e| bad(ctx, format!("restored position is not JSON: {e}")))?;
+        let Some(r) = v.pointer("/datagen/ranges").and_then(|r| r.as_array()) else {
+            return Err(bad(
+                ctx,
+                format!(
+                    "restored position {v} has no datagen ranges (was the job bounded before?)"
+                ),
+            ));
+        };
+        for x in r {
+            match (
+                x.get(0).and_then(|a| a.as_u64()),
+                x.get(1).and_then(|b| b.as_u64()),
+            ) {
+                (Some(a), Some(b)) if a <= b => all.push((a, b)),
+                _ => return Err(bad(ctx, format!("bad range {x} in restored position"))),
+            }
+        }
+    }
+    all.sort_unstable();
+    Ok(all)
 }
 
 fn now_ms() -> i64 {
@@ -224,13 +294,13 @@ fn now_ms() -> i64 {
 }
 
 impl DatagenReader {
-    fn column(&mut self, i: usize, n: usize, ty: &DataType) -> ArrayRef {
+    /// Column `i` for rows `first..first + n`.
+    fn column(&mut self, i: usize, first: u64, n: usize, ty: &DataType) -> ArrayRef {
         let rng = &mut self.rng;
         match &mut self.gens[i] {
-            Gen::Sequence { next } => {
-                let start = *next;
-                *next += n as i64;
-                let v: Vec<i64> = (start..start + n as i64).collect();
+            Gen::Sequence { start } => {
+                let from = *start + first as i64;
+                let v: Vec<i64> = (from..from + n as i64).collect();
                 int_array(ty, v)
             }
             Gen::RandomInt { min, max } => {
@@ -303,7 +373,7 @@ impl SourceReader for DatagenReader {
     }
 
     fn poll(&mut self, out: &mut SourceOutput) -> Result<PollStatus> {
-        if self.remaining == Some(0) {
+        if self.ranges.as_ref().is_some_and(|r| r.is_empty()) {
             return Ok(PollStatus::Finished);
         }
         // Throttle to rows-per-second: wait until the next batch is due.
@@ -316,31 +386,43 @@ impl SourceReader for DatagenReader {
             }
         }
         let per_batch = (self.rows_per_second as usize / 10).clamp(1, BATCH);
-        let n = self
-            .remaining
-            .map_or(per_batch, |r| (r as usize).min(per_batch));
+        // A batch never spans two ranges: its sequence values are contiguous.
+        let (first, n) = match self.ranges.as_ref().and_then(|r| r.front()) {
+            Some(&(a, b)) => (a, ((b - a) as usize).min(per_batch)),
+            None => (self.emitted, per_batch),
+        };
         let schema = self.ctx.schema.clone();
         let cols: Vec<ArrayRef> = schema
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| self.column(i, n, f.data_type()))
+            .map(|(i, f)| self.column(i, first, n, f.data_type()))
             .collect();
         let batch = RecordBatch::try_new(schema, cols)
             .map_err(|e| bad(&self.ctx, format!("building a batch: {e}")))?;
         out.batches.push((0, batch));
         self.emitted += n as u64;
-        if let Some(r) = self.remaining.as_mut() {
-            *r -= n as u64;
+        if let Some(r) = self.ranges.as_mut() {
+            if let Some(front) = r.front_mut() {
+                front.0 += n as u64;
+                if front.0 >= front.1 {
+                    r.pop_front();
+                }
+            }
+            if r.is_empty() {
+                return Ok(PollStatus::Finished);
+            }
         }
-        Ok(if self.remaining == Some(0) {
-            PollStatus::Finished
-        } else {
-            PollStatus::Active
-        })
+        Ok(PollStatus::Active)
     }
 
     fn position(&self) -> Vec<u8> {
-        self.emitted.to_le_bytes().to_vec()
+        let v = match &self.ranges {
+            Some(r) => {
+                serde_json::json!({"datagen": {"ranges": r.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>()}})
+            }
+            None => serde_json::json!({"datagen": {"emitted": self.emitted}}),
+        };
+        v.to_string().into_bytes()
     }
 }

@@ -2,13 +2,27 @@
 //!
 //! Source: `path` is a file or a directory (files starting with `.` or `_`
 //! are skipped); files are spread over subtasks round-robin in name order and
-//! read one after another, each file a split for watermarks. Sink: each
-//! subtask writes `.part-<job>-<subtask>-<n>.json.inprogress` in `path` and
-//! renames it to `part-<job>-<subtask>-<n>.json` on flush or at the end, so a
-//! reader never sees a half-written file (rename is atomic within a directory).
+//! read one after another, each file a split for watermarks. The position
+//! maps each file of the subtask to the byte offset after the last line
+//! emitted, or `"done"`: `{"filesystem":{"/dir/a.json":1234,"/dir/b.json":"done"}}`.
+//! A restore takes the union of all old positions, so files may move between
+//! subtasks when the parallelism changes; files not named there start at 0.
+//!
+//! Sink: each subtask writes `.part-<attempt>-<subtask>-<n>.json.inprogress`
+//! in `path`. At-least-once (no exactly-once checkpointing): renamed to
+//! `part-<attempt>-<subtask>-<n>.json` on flush or at the end, so a reader
+//! never sees a half-written file (rename is atomic within a directory).
+//! Exactly-once: `prepare_commit(cp)` closes the file and renames it to the
+//! hidden pending name `.part-<attempt>-<subtask>-cp<cp>-<n>.json.pending`;
+//! the committable is `{"filesystem":{"files":[[pending, final],…]}}` (names
+//! in `path`); `commit` renames each pending file to its final name
+//! `part-<attempt>-<subtask>-cp<cp>-<n>.json` and counts a final file already
+//! there with the pending one gone as done, so a repeated commit is harmless.
+//! Files in progress or pending when a job dies stay hidden; their rows are
+//! replayed from the checkpoint.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
@@ -36,14 +50,56 @@ fn err(table: &str, message: String) -> RuntimeError {
 
 pub struct FileSource {
     table: String,
-    files: Vec<PathBuf>,
+    /// Files this subtask reads, in order, each with the byte offset to start at.
+    files: Vec<(PathBuf, u64)>,
+    /// Files of this subtask read to the end (kept in every position so that a
+    /// restore skips them).
+    done: Vec<String>,
     current: usize,
     file: Option<File>,
+    /// Offset in the current file of the end of what was read; `carry` is the
+    /// unemitted tail of it.
+    read_to: u64,
     carry: Vec<u8>,
     buf: Vec<u8>,
     decoder: JsonDecoder,
     decoded: Vec<RecordBatch>,
-    bytes_read: u64,
+}
+
+fn position_key(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Union of the restored positions: file → offset, `None` = read to the end.
+fn restored_offsets(ctx: &SourceContext) -> Result<std::collections::HashMap<String, Option<u64>>> {
+    let mut m = std::collections::HashMap::new();
+    for pos in &ctx.restore {
+        let v: serde_json::Value = serde_json::from_slice(pos).map_err(|e| {
+            err(
+                &ctx.table.name,
+                format!("restored position is not JSON: {e}"),
+            )
+        })?;
+        let Some(files) = v.get("filesystem").and_then(|f| f.as_object()) else {
+            return Err(err(
+                &ctx.table.name,
+                format!("restored position {v} is not a filesystem position"),
+            ));
+        };
+        for (k, o) in files {
+            let off = match o {
+                serde_json::Value::String(s) if s == "done" => None,
+                other => Some(other.as_u64().ok_or_else(|| {
+                    err(
+                        &ctx.table.name,
+                        format!("bad offset {other} for {k} in restored position"),
+                    )
+                })?),
+            };
+            m.insert(k.clone(), off);
+        }
+    }
+    Ok(m)
 }
 
 pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
@@ -71,12 +127,20 @@ pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
         ));
     };
     all.sort();
-    let files = all
+    let restored = restored_offsets(ctx)?;
+    let mut files = Vec::new();
+    let mut done = Vec::new();
+    for (_, p) in all
         .into_iter()
         .enumerate()
         .filter(|(i, _)| i % ctx.parallelism == ctx.subtask)
-        .map(|(_, p)| p)
-        .collect();
+    {
+        match restored.get(&position_key(&p)) {
+            Some(None) => done.push(position_key(&p)),
+            Some(Some(off)) => files.push((p, *off)),
+            None => files.push((p, 0)),
+        }
+    }
     let ignore = t
         .option("json.ignore-parse-errors")
         .map(|v| v.eq_ignore_ascii_case("true"))
@@ -84,8 +148,10 @@ pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
     Ok(Box::new(FileSource {
         table: t.name.clone(),
         files,
+        done,
         current: 0,
         file: None,
+        read_to: 0,
         carry: Vec::new(),
         buf: vec![0; CHUNK],
         decoder: JsonDecoder::new(
@@ -95,7 +161,6 @@ pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
             &format!("table '{}'", t.name),
         )?,
         decoded: Vec::new(),
-        bytes_read: 0,
     }))
 }
 
@@ -108,12 +173,18 @@ impl SourceReader for FileSource {
         if self.current >= self.files.len() {
             return Ok(PollStatus::Finished);
         }
-        let path = self.files[self.current].clone();
+        let (path, start) = self.files[self.current].clone();
         if self.file.is_none() {
-            self.file = Some(
-                File::open(&path)
-                    .map_err(|e| err(&self.table, format!("opening {}: {e}", path.display())))?,
-            );
+            let mut f = File::open(&path)
+                .map_err(|e| err(&self.table, format!("opening {}: {e}", path.display())))?;
+            f.seek(SeekFrom::Start(start)).map_err(|e| {
+                err(
+                    &self.table,
+                    format!("seeking {} to {start}: {e}", path.display()),
+                )
+            })?;
+            self.file = Some(f);
+            self.read_to = start;
         }
         let n = match self.file.as_mut() {
             Some(f) => f
@@ -121,7 +192,7 @@ impl SourceReader for FileSource {
                 .map_err(|e| err(&self.table, format!("reading {}: {e}", path.display())))?,
             None => 0,
         };
-        self.bytes_read += n as u64;
+        self.read_to += n as u64;
         let split = self.current;
         if n == 0 {
             // End of file: decode what is left (a last line without newline), move on.
@@ -132,6 +203,7 @@ impl SourceReader for FileSource {
             out.batches
                 .extend(self.decoded.drain(..).map(|b| (split, b)));
             out.finished_splits.push(split);
+            self.done.push(position_key(&path));
             self.file = None;
             self.current += 1;
             return Ok(if self.current >= self.files.len() {
@@ -163,9 +235,21 @@ impl SourceReader for FileSource {
     }
 
     fn position(&self) -> Vec<u8> {
-        let mut v = (self.current as u64).to_le_bytes().to_vec();
-        v.extend_from_slice(&self.bytes_read.to_le_bytes());
-        v
+        let mut m = serde_json::Map::new();
+        for d in &self.done {
+            m.insert(d.clone(), "done".into());
+        }
+        for (i, (p, start)) in self.files.iter().enumerate().skip(self.current) {
+            let off = if i == self.current && self.file.is_some() {
+                self.read_to - self.carry.len() as u64
+            } else {
+                *start
+            };
+            m.insert(position_key(p), off.into());
+        }
+        serde_json::json!({ "filesystem": m })
+            .to_string()
+            .into_bytes()
     }
 }
 
@@ -178,6 +262,7 @@ pub struct FileSink {
     columns: usize,
     buf: Vec<u8>,
     ends: Vec<usize>,
+    exactly_once: bool,
 }
 
 pub fn create_sink(ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
@@ -185,7 +270,9 @@ pub fn create_sink(ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
     let dir = local_path(t.option("path").unwrap_or_default());
     std::fs::create_dir_all(&dir)
         .map_err(|e| err(&t.name, format!("creating {}: {e}", dir.display())))?;
-    let job = format!(
+    // Unique per writer instance: a restored writer never reuses a name that
+    // an earlier attempt may have left pending or committed.
+    let attempt = format!(
         "{:x}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -196,12 +283,13 @@ pub fn create_sink(ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
     Ok(Box::new(FileSink {
         table: t.name.clone(),
         dir,
-        prefix: format!("part-{job}-{}", ctx.subtask),
+        prefix: format!("part-{attempt}-{}", ctx.subtask),
         counter: 0,
         current: None,
         columns: t.physical.len(),
         buf: Vec::new(),
         ends: Vec::new(),
+        exactly_once: ctx.exactly_once,
     }))
 }
 
@@ -211,25 +299,40 @@ impl FileSink {
             .join(format!(".{}-{}.json.inprogress", self.prefix, self.counter))
     }
 
-    fn commit(&mut self) -> Result<()> {
-        if let Some((path, mut w)) = self.current.take() {
-            w.flush()
-                .map_err(|e| err(&self.table, format!("writing {}: {e}", path.display())))?;
-            w.get_ref()
-                .sync_all()
-                .map_err(|e| err(&self.table, format!("syncing {}: {e}", path.display())))?;
-            let fin = self
-                .dir
-                .join(format!("{}-{}.json", self.prefix, self.counter));
-            std::fs::rename(&path, &fin).map_err(|e| {
-                err(
-                    &self.table,
-                    format!("committing {} as {}: {e}", path.display(), fin.display()),
-                )
-            })?;
-            self.counter += 1;
-        }
+    /// Closes the file in progress (flushed and synced) and renames it to
+    /// `name`; returns false when nothing was in progress.
+    fn seal_as(&mut self, name: &str) -> Result<bool> {
+        let Some((path, mut w)) = self.current.take() else {
+            return Ok(false);
+        };
+        w.flush()
+            .map_err(|e| err(&self.table, format!("writing {}: {e}", path.display())))?;
+        w.get_ref()
+            .sync_all()
+            .map_err(|e| err(&self.table, format!("syncing {}: {e}", path.display())))?;
+        let to = self.dir.join(name);
+        std::fs::rename(&path, &to).map_err(|e| {
+            err(
+                &self.table,
+                format!("renaming {} to {}: {e}", path.display(), to.display()),
+            )
+        })?;
+        self.counter += 1;
+        Ok(true)
+    }
+
+    /// Publishes the file in progress under its final name.
+    fn publish(&mut self) -> Result<()> {
+        let fin = format!("{}-{}.json", self.prefix, self.counter);
+        self.seal_as(&fin)?;
         Ok(())
+    }
+
+    /// Makes renames in the directory durable.
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&self.table, format!("syncing {}: {e}", self.dir.display())))
     }
 }
 
@@ -252,11 +355,83 @@ impl SinkWriter for FileSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.commit()
+        if self.exactly_once {
+            // Visibility waits for commit; only push the bytes to the file.
+            if let Some((p, w)) = self.current.as_mut() {
+                w.flush()
+                    .map_err(|e| err(&self.table, format!("writing {}: {e}", p.display())))?;
+            }
+            return Ok(());
+        }
+        self.publish()
     }
 
+    /// End of input publishes what is left directly. For exactly-once the
+    /// task layer takes a final checkpoint (prepare_commit + commit) first,
+    /// which leaves nothing here.
     fn finish(&mut self) -> Result<()> {
-        self.commit()
+        self.publish()?;
+        self.sync_dir()
+    }
+
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<u8>> {
+        if !self.exactly_once {
+            self.flush()?;
+            return Ok(Vec::new());
+        }
+        let fin = format!("{}-cp{checkpoint_id}-{}.json", self.prefix, self.counter);
+        let pending = format!(".{fin}.pending");
+        if !self.seal_as(&pending)? {
+            return Ok(Vec::new());
+        }
+        self.sync_dir()?;
+        Ok(
+            serde_json::json!({"filesystem": {"files": [[pending, fin]]}})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+
+    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+        if committable.is_empty() {
+            return Ok(());
+        }
+        let bad = |m: String| err(&self.table, format!("checkpoint {checkpoint_id}: {m}"));
+        let v: serde_json::Value = serde_json::from_slice(committable)
+            .map_err(|e| bad(format!("committable is not JSON: {e}")))?;
+        let files = v
+            .pointer("/filesystem/files")
+            .and_then(|f| f.as_array())
+            .ok_or_else(|| bad(format!("committable {v} is not a filesystem committable")))?;
+        for f in files {
+            let (Some(pending), Some(fin)) = (
+                f.get(0).and_then(|x| x.as_str()),
+                f.get(1).and_then(|x| x.as_str()),
+            ) else {
+                return Err(bad(format!("bad file entry {f} in committable")));
+            };
+            // Names come from the checkpoint: never let one point outside `path`.
+            if [pending, fin]
+                .iter()
+                .any(|n| n.contains('/') || n.contains(".."))
+            {
+                return Err(bad(format!("file entry {f} leaves the sink directory")));
+            }
+            let (p, q) = (self.dir.join(pending), self.dir.join(fin));
+            match std::fs::rename(&p, &q) {
+                Ok(()) => {}
+                // Committed before (the crash came after the first commit).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && q.is_file() => {}
+                Err(e) => {
+                    return Err(bad(format!(
+                        "committing {} as {}: {e} (and the final file is not there)",
+                        p.display(),
+                        q.display()
+                    )));
+                }
+            }
+        }
+        self.sync_dir()
     }
 }
 

@@ -1,9 +1,13 @@
 //! Built-in connectors of the Sluice engine, with Flink's option names:
-//! `datagen`, `filesystem` (JSON lines, atomic part-file commit), `print`,
-//! `blackhole`; and the `json` format used by them and by the Kafka connector.
+//! `datagen`, `filesystem` (JSON lines, atomic part-file commit; two-phase
+//! exactly-once sink), `print`, `blackhole`; and the `json` format used by
+//! them and by the Kafka connector. Sources keep self-describing JSON
+//! positions that a restore at another parallelism re-spreads (see
+//! [`datagen`] and [`filesystem`]).
 //!
-//! [`register`] adds them to a [`Connectors`] registry. Test:
-//! `dev/cargo test -p sluice-connectors`.
+//! [`register`] adds them to a [`Connectors`] registry. Test (no services
+//! needed): `dev/cargo test -p sluice-connectors` — includes restores at
+//! another parallelism and the filesystem sink's crash windows.
 
 pub mod datagen;
 pub mod filesystem;

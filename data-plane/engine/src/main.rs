@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! sluice-engine run JOB.sql [--parallelism N] [--state-backend memory] [--progress-ms 1000] [--json]
+//!     [--checkpoint-dir URI --checkpoint-interval-ms N] [--restore latest|URI]   (see `checkpointing`)
 //! sluice-engine explain JOB.sql [--parallelism N]
 //! sluice-engine check JOB.sql        # validation only, errors as line:column
+//! sluice-engine jobmanager JOB.sql --job-id HEX32 --generation N --checkpoint-dir URI …
+//! sluice-engine taskmanager --jobmanager HOST:PORT --slots K --id NAME --work-dir DIR …
 //! ```
 //! While running, a progress line goes to stderr every `--progress-ms`
 //! (records in/out, rates, watermark, late records); a summary follows at the
 //! end (`--json`: one JSON object on stdout, used by `bench/compare.py`).
+
+mod checkpointing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +39,10 @@ enum Cmd {
     Explain(RunArgs),
     /// Validates the job and prints its errors with line and column.
     Check { job: PathBuf },
+    /// Runs the JobManager of a cluster (see `sluice_cluster`).
+    Jobmanager(sluice_cluster::JobManagerArgs),
+    /// Runs a TaskManager of a cluster (see `sluice_cluster`).
+    Taskmanager(sluice_cluster::TaskManagerArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +66,8 @@ struct RunArgs {
     /// Print the end summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    checkpoint: checkpointing::CheckpointArgs,
 }
 
 fn read_job(path: &PathBuf) -> Result<(String, sluice_sql::JobPlan)> {
@@ -84,6 +95,7 @@ fn connectors() -> Connectors {
     let mut c = Connectors::default();
     sluice_connectors::register(&mut c);
     sluice_connector_kafka::register(&mut c);
+    sluice_connector_postgres::register(&mut c);
     c
 }
 
@@ -205,12 +217,24 @@ fn run(args: RunArgs) -> Result<()> {
         None
     };
     let cpu0 = cpu_seconds();
-    let res = sluice_runtime::run_job(&plan, &connectors(), &cfg, &metrics);
+    let job_name = args
+        .job
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "job".into());
+    let res = checkpointing::run(
+        &args.checkpoint,
+        &job_name,
+        &plan,
+        &connectors(),
+        &cfg,
+        &metrics,
+    );
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
     }
-    let report = res.context("the job failed")?;
+    let report = res?;
     let cpu = cpu_seconds() - cpu0;
     let secs = report.elapsed.as_secs_f64();
     let records_in: u64 = report.pipelines.iter().map(|p| p.records_in).sum();
@@ -245,9 +269,42 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a TaskManager gets from this binary: the connectors and the state backends.
+fn cluster_services() -> sluice_cluster::Services {
+    sluice_cluster::Services {
+        connectors: connectors(),
+        state: Arc::new(|backend: &str, dir: &std::path::Path| {
+            Ok(match backend {
+                "memory" | "hashmap" => sluice_runtime::memory_state(),
+                "rocksdb" => {
+                    let dir = dir.to_path_buf();
+                    Arc::new(move |max_parallelism, range| {
+                        let b = sluice_state_rocksdb::RocksDbBackend::open_temp(
+                            Some(&dir),
+                            max_parallelism,
+                            range,
+                            sluice_state_rocksdb::RocksDbConfig::default(),
+                        )
+                        .map_err(|e| {
+                            sluice_runtime::RuntimeError::State {
+                                context: "opening the rocksdb state backend".into(),
+                                source: e,
+                            }
+                        })?;
+                        Ok(Box::new(b) as Box<dyn sluice_state::KeyedStateBackend>)
+                    }) as sluice_runtime::StateFactory
+                }
+                other => bail!("unknown state backend '{other}' (memory, rocksdb)"),
+            })
+        }),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Jobmanager(a) => sluice_cluster::jobmanager::run(a),
+        Cmd::Taskmanager(a) => sluice_cluster::taskmanager::run(a, cluster_services()),
         Cmd::Run(a) => run(a),
         Cmd::Explain(a) => {
             let (_, plan) = read_job(&a.job)?;

@@ -1,6 +1,15 @@
 //! What a connector implements. Connector crates register factories by
 //! connector name (Flink's `'connector' = '…'`); the executor asks them for
 //! one reader or writer per subtask.
+//!
+//! Exactly-once contract: a source's `position` is kept in each checkpoint
+//! and the union of all subtasks' positions comes back in
+//! `SourceContext::restore`; a sink seals its epoch in `prepare_commit`
+//! (the committable goes into the checkpoint) and makes it visible in
+//! `commit` after the checkpoint completed — again after a restore, so
+//! commit is idempotent and a committable names the subtask that wrote it
+//! (any subtask of a rescaled job may commit it). Checkpoint ids must grow
+//! across restores: transactional sinks skip ids they already committed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +37,10 @@ pub struct SourceContext {
     pub schema: SchemaRef,
     pub subtask: usize,
     pub parallelism: usize,
+    /// Positions of ALL subtasks of the restored snapshot (empty = fresh
+    /// start); a reader keeps what belongs to its splits, so a restore may
+    /// change the parallelism.
+    pub restore: Vec<Vec<u8>>,
 }
 
 /// What one `poll` produced: batches tagged with the split (partition, file)
@@ -52,7 +65,9 @@ pub trait SourceReader: Send {
     /// Number of splits this reader owns; batches name them by index.
     fn splits(&self) -> usize;
     fn poll(&mut self, out: &mut SourceOutput) -> Result<PollStatus>;
-    /// Position to resume from (offsets per split), for checkpoints.
+    /// Position to resume from, for checkpoints. Self-describing (split →
+    /// offset) so that a reader at another parallelism can take the splits
+    /// it owns from the union of all old positions.
     fn position(&self) -> Vec<u8>;
 }
 
@@ -64,6 +79,23 @@ pub struct SinkContext {
     pub updating: bool,
     pub subtask: usize,
     pub parallelism: usize,
+    pub job_id: String,
+    /// Stable per pipeline across restores: `"{pipeline}-{sink table}"`.
+    pub sink_uid: String,
+    /// The job checkpoints exactly-once and the sink asked for it.
+    pub exactly_once: bool,
+}
+
+/// Whether a sink table asks for exactly-once delivery when the job checkpoints
+/// exactly-once (`SinkContext::exactly_once = job_exactly_once && this`):
+/// Kafka only with `'sink.delivery-guarantee' = 'exactly-once'`; filesystem
+/// and jdbc always; the others (print, blackhole) never.
+pub fn sink_wants_exactly_once(table: &TableDef) -> bool {
+    match table.connector.as_str() {
+        "kafka" | "upsert-kafka" => table.option("sink.delivery-guarantee") == Some("exactly-once"),
+        "filesystem" | "jdbc" => true,
+        _ => false,
+    }
 }
 
 pub trait SinkWriter: Send {
@@ -72,6 +104,21 @@ pub trait SinkWriter: Send {
     fn flush(&mut self) -> Result<()>;
     /// End of input: flush and commit.
     fn finish(&mut self) -> Result<()>;
+    /// Phase 1 at barrier `checkpoint_id`: seal what was written since the
+    /// last call; returns the committable stored in the checkpoint. Nothing
+    /// of it is visible yet (exactly-once).
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<u8>> {
+        let _ = checkpoint_id;
+        self.flush()?;
+        Ok(Vec::new())
+    }
+    /// Phase 2, after the checkpoint's `_metadata` is written. Idempotent:
+    /// it is called again with the same committable after a restore (the
+    /// crash may have come before or after the first commit).
+    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+        let _ = (checkpoint_id, committable);
+        Ok(())
+    }
 }
 
 pub trait ConnectorFactory: Send + Sync {

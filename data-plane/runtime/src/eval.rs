@@ -398,6 +398,7 @@ fn call(
             let a = TimestampMillisecondArray::from(vec![ctx.now_ms]);
             return Ok(Value::Scalar(Arc::new(a.with_timezone_opt(timezone(ty)))));
         }
+        Func::JsonValue => json_value(args, ty, &eval)?,
         Func::Abs => {
             let a = eval(0)?;
             let zero = cast_with_options(
@@ -511,5 +512,259 @@ pub fn timestamps_ms(a: &ArrayRef) -> Result<Int64Array> {
         other => Err(crate::error::RuntimeError::Plan(format!(
             "expected a millisecond timestamp column, got {other}"
         ))),
+    }
+}
+
+/// A scalar found by `JSON_VALUE`, converted to the function's result type.
+enum JsonScalar {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+/// Converts a JSON scalar to `ty` (Flink's `RETURNING` type); `Err` is an
+/// `ON ERROR` case.
+fn json_scalar(v: &serde_json::Value, ty: &DataType) -> std::result::Result<JsonScalar, String> {
+    use serde_json::Value as J;
+    let bad = || format!("cannot convert {v} to {ty}");
+    Ok(match ty {
+        DataType::Utf8 => JsonScalar::Str(match v {
+            J::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
+        DataType::Boolean => JsonScalar::Bool(match v {
+            J::Bool(b) => *b,
+            J::String(s) if s.eq_ignore_ascii_case("true") => true,
+            J::String(s) if s.eq_ignore_ascii_case("false") => false,
+            _ => return Err(bad()),
+        }),
+        DataType::Int32 | DataType::Int64 => {
+            let i = match v {
+                J::Number(n) => n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                        .map(|f| f as i64)
+                }),
+                J::String(s) => s.trim().parse::<i64>().ok(),
+                _ => None,
+            }
+            .ok_or_else(bad)?;
+            if *ty == DataType::Int32 && i32::try_from(i).is_err() {
+                return Err(bad());
+            }
+            JsonScalar::Int(i)
+        }
+        DataType::Float32 | DataType::Float64 => JsonScalar::Float(
+            match v {
+                J::Number(n) => n.as_f64(),
+                J::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            }
+            .ok_or_else(bad)?,
+        ),
+        _ => return Err(format!("JSON_VALUE cannot return {ty}")),
+    })
+}
+
+type ParsedColumn = std::rc::Rc<Vec<std::result::Result<serde_json::Value, String>>>;
+
+thread_local! {
+    /// The last column `JSON_VALUE` parsed, kept (with the array, so its
+    /// buffers cannot be reused meanwhile) so that several `JSON_VALUE` calls
+    /// over the same column of a batch parse each row once.
+    static LAST_PARSED: std::cell::RefCell<Option<(ArrayRef, ParsedColumn)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Every row of `column` parsed as JSON (`Err` for malformed text; NULL rows parse as JSON null).
+fn parsed_json(column: &ArrayRef, input: &StringArray) -> ParsedColumn {
+    if let Some(hit) = LAST_PARSED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(a, _)| Arc::ptr_eq(a, column))
+            .map(|(_, p)| p.clone())
+    }) {
+        return hit;
+    }
+    let parsed: ParsedColumn = std::rc::Rc::new(
+        input
+            .iter()
+            .map(|s| match s {
+                Some(s) => serde_json::from_str(s).map_err(|e| e.to_string()),
+                None => Ok(serde_json::Value::Null),
+            })
+            .collect(),
+    );
+    LAST_PARSED.with(|c| *c.borrow_mut() = Some((column.clone(), parsed.clone())));
+    parsed
+}
+
+/// `JSON_VALUE` over a STRING column, in lax mode as Flink: every row is
+/// parsed once; a missing member, a JSON null, an object or an array is
+/// "empty", malformed JSON or a value that does not convert to the result type
+/// is an "error", each handled as its `ON EMPTY` / `ON ERROR` clause says
+/// (`NULL` by default, `DEFAULT x`, or `ERROR`: the job fails).
+fn json_value(
+    args: &[Expr],
+    ty: &DataType,
+    eval: &dyn Fn(usize) -> Result<ArrayRef, ArrowError>,
+) -> Result<ArrayRef, ArrowError> {
+    use sluice_sql::json_path::{PathStep, parse_json_path};
+    let mode = |i: usize| match args.get(i) {
+        Some(Expr::Literal(Literal::Utf8(m))) => Ok(m.as_str()),
+        _ => Err(ArrowError::ComputeError(
+            "JSON_VALUE: malformed call (planner bug)".into(),
+        )),
+    };
+    let path = mode(1)?;
+    let (on_empty, on_error) = (mode(2)?, mode(4)?);
+    let steps = parse_json_path(path)
+        .map_err(|e| ArrowError::ComputeError(format!("JSON path '{path}': {e}")))?;
+    let column = eval(0)?;
+    let input = strings(&column)?;
+    let n = input.len();
+    let docs = parsed_json(&column, input);
+    let mut values: Vec<Option<JsonScalar>> = Vec::with_capacity(n);
+    let mut empty_default = vec![false; n];
+    let mut error_default = vec![false; n];
+    for (r, s) in input.iter().enumerate() {
+        let Some(s) = s else {
+            values.push(None);
+            continue;
+        };
+        let found = match &docs[r] {
+            Err(e) => Err(format!("malformed JSON ({e})")),
+            Ok(doc) => {
+                let mut cur = Some(doc);
+                for step in &steps {
+                    cur = match (cur, step) {
+                        (Some(serde_json::Value::Object(o)), PathStep::Member(m)) => o.get(m),
+                        (Some(serde_json::Value::Array(a)), PathStep::Index(i)) => a.get(*i),
+                        _ => None,
+                    };
+                }
+                match cur {
+                    None
+                    | Some(serde_json::Value::Null)
+                    | Some(serde_json::Value::Object(_))
+                    | Some(serde_json::Value::Array(_)) => Ok(None),
+                    Some(v) => json_scalar(v, ty).map(Some),
+                }
+            }
+        };
+        match found {
+            Ok(Some(v)) => values.push(Some(v)),
+            Ok(None) => {
+                if on_empty == "ERROR" {
+                    return Err(ArrowError::ComputeError(format!(
+                        "JSON_VALUE: no scalar value at '{path}' in {s} (ERROR ON EMPTY)"
+                    )));
+                }
+                empty_default[r] = on_empty == "DEFAULT";
+                values.push(None);
+            }
+            Err(why) => {
+                if on_error == "ERROR" {
+                    return Err(ArrowError::ComputeError(format!(
+                        "JSON_VALUE at '{path}': {why} (ERROR ON ERROR)"
+                    )));
+                }
+                error_default[r] = on_error == "DEFAULT";
+                values.push(None);
+            }
+        }
+    }
+    let mut result: ArrayRef = match ty {
+        DataType::Utf8 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Str(s)) => Some(s),
+                    _ => None,
+                })
+                .collect::<StringArray>(),
+        ),
+        DataType::Boolean => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Bool(b)) => Some(b),
+                    _ => None,
+                })
+                .collect::<BooleanArray>(),
+        ),
+        DataType::Int32 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Int(i)) => i32::try_from(i).ok(),
+                    _ => None,
+                })
+                .collect::<Int32Array>(),
+        ),
+        DataType::Int64 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Int(i)) => Some(i),
+                    _ => None,
+                })
+                .collect::<Int64Array>(),
+        ),
+        DataType::Float32 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Float(f)) => Some(f as f32),
+                    _ => None,
+                })
+                .collect::<arrow_array::Float32Array>(),
+        ),
+        DataType::Float64 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Some(JsonScalar::Float(f)) => Some(f),
+                    _ => None,
+                })
+                .collect::<Float64Array>(),
+        ),
+        other => {
+            return Err(ArrowError::ComputeError(format!(
+                "JSON_VALUE cannot return {other}"
+            )));
+        }
+    };
+    for (mask, arg) in [(empty_default, 3), (error_default, 5)] {
+        if mask.iter().any(|m| *m) {
+            let default = eval(arg)?;
+            result = zip(
+                &BooleanArray::from(mask),
+                &default.as_ref(),
+                &result.as_ref(),
+            )?;
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod json_value_tests {
+    use super::*;
+
+    #[test]
+    fn calls_over_the_same_column_share_one_parse() {
+        let col: ArrayRef = Arc::new(StringArray::from(vec![Some(r#"{"a":1}"#), None, Some("x")]));
+        let input = strings(&col).unwrap_or_else(|e| panic!("{e}"));
+        let first = parsed_json(&col, input);
+        let again = parsed_json(&col, input);
+        assert!(std::rc::Rc::ptr_eq(&first, &again));
+        assert!(first[0].is_ok() && first[1].is_ok() && first[2].is_err());
+        // Equal contents in another array are parsed anew (no stale hit).
+        let other: ArrayRef = Arc::new(StringArray::from(vec![Some("[]")]));
+        let o = parsed_json(&other, strings(&other).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!std::rc::Rc::ptr_eq(&first, &o));
+        assert_eq!(o.len(), 1);
     }
 }

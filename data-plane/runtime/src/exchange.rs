@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_schema::DataType;
@@ -10,10 +9,11 @@ use arrow_select::take::take_record_batch;
 use sluice_sql::Exchange;
 use sluice_state::{key_group_of, subtask_for_key_group};
 
-use crate::error::{Context, Result, RuntimeError};
+use crate::error::{Context, Result};
 use crate::keys::KeyEncoder;
-use crate::message::{Envelope, Message};
+use crate::message::{Barrier, Message};
 use crate::operator::Collector;
+use crate::task::OutputChannel;
 
 enum Partitioner {
     Forward,
@@ -27,9 +27,11 @@ enum Partitioner {
     Broadcast,
 }
 
+/// The output of a subtask whose vertex ends in an exchange: one
+/// [`OutputChannel`] per subtask of the next vertex, whatever the transport.
 pub struct ExchangeOutput {
     channel: usize,
-    senders: Vec<SyncSender<Envelope>>,
+    senders: Vec<Box<dyn OutputChannel>>,
     partitioner: Partitioner,
     records_out: Arc<AtomicU64>,
 }
@@ -39,7 +41,7 @@ impl ExchangeOutput {
         exchange: &Exchange,
         input_types: &[DataType],
         channel: usize,
-        senders: Vec<SyncSender<Envelope>>,
+        senders: Vec<Box<dyn OutputChannel>>,
         max_parallelism: u16,
         records_out: Arc<AtomicU64>,
     ) -> Result<Self> {
@@ -60,16 +62,11 @@ impl ExchangeOutput {
         })
     }
 
-    fn send(&self, target: usize, message: Message) -> Result<()> {
-        self.senders[target]
-            .send(Envelope {
-                channel: self.channel,
-                message,
-            })
-            .map_err(|_| RuntimeError::Task(format!("downstream subtask {target} stopped")))
+    fn send(&mut self, target: usize, message: Message) -> Result<()> {
+        self.senders[target].send(message)
     }
 
-    fn send_all(&self, message: Message) -> Result<()> {
+    fn send_all(&mut self, message: Message) -> Result<()> {
         for t in 0..self.senders.len() {
             self.send(t, message.clone())?;
         }
@@ -80,8 +77,8 @@ impl ExchangeOutput {
         self.send_all(Message::End)
     }
 
-    pub fn barrier(&mut self, id: u64) -> Result<()> {
-        self.send_all(Message::Barrier(id))
+    pub fn barrier(&mut self, barrier: &Barrier) -> Result<()> {
+        self.send_all(Message::Barrier(barrier.clone()))
     }
 }
 

@@ -5,23 +5,37 @@
 //! (`sluice_state::key_group_of`), per-split watermarks with idleness, late-
 //! record counting, and keyed state in `sluice-state` backends.
 //!
-//! [`run_job`] runs a whole job in this process, subtasks as threads; the
-//! cluster form reuses the operators, messages and exchanges across processes.
-//! Connectors plug in through [`connector::ConnectorFactory`].
+//! [`task`] is the transport-independent task layer: the physical
+//! [`task::JobGraph`], [`task::run_subtask`] (one subtask: source or input gate,
+//! chain, aligned barriers, asynchronous snapshot upload, two-phase sink
+//! commits, restore from a checkpoint or savepoint at any parallelism or
+//! backend) and its commands and events. [`coordinator::CheckpointCoordinator`]
+//! triggers checkpoints and savepoints and writes their `_metadata` last.
+//! [`run_job`] / [`task::local::run_local`] run a whole job in this process
+//! (subtasks as threads, in-memory channels); the cluster (`sluice-cluster`)
+//! runs the same subtasks over TCP. Connectors plug in through
+//! [`connector::ConnectorFactory`]. API summary: `TASK-API.md`.
 //!
-//! Test: `dev/cargo test -p sluice-runtime` (golden tests: SQL + input → rows).
+//! Crash points for fault tests: feature `failpoints`, see [`failpoint`].
+//!
+//! Test: `dev/cargo test -p sluice-runtime` (golden tests: SQL + input → rows;
+//! `checkpoints`: checkpoint/restore against an uninterrupted run, rescaling,
+//! memory ↔ rocksdb, alignment, coordinator fencing and retention).
 
 pub mod accum;
 pub mod connector;
+pub mod coordinator;
 pub mod error;
 pub mod eval;
 pub mod exchange;
 pub mod executor;
+pub mod failpoint;
 pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod operator;
 pub mod ops;
+pub mod task;
 pub mod watermark;
 
 pub use error::{Result, RuntimeError};
@@ -29,5 +43,5 @@ pub use executor::{
     JobConfig, JobReport, PipelineReport, StateFactory, build_operators, memory_state, run_job,
     stage_output,
 };
-pub use message::{Envelope, MAX_WATERMARK, Message, ROW_KIND_COLUMN, RowKind};
+pub use message::{Barrier, Envelope, MAX_WATERMARK, Message, ROW_KIND_COLUMN, RowKind};
 pub use metrics::MetricsRegistry;

@@ -6,14 +6,23 @@ use arrow_array::RecordBatch;
 pub const MAX_WATERMARK: i64 = i64::MAX;
 
 /// Elements of a stream between two subtasks, in order. Records travel in
-/// batches; `Barrier` carries a checkpoint id (aligned checkpoints are the
-/// cluster's job; in one process a barrier snapshots each operator it passes).
+/// batches; a `Barrier` marks the cut of checkpoint `checkpoint_id`: a subtask
+/// with several inputs aligns them on it before it snapshots (see `task`).
 #[derive(Debug, Clone)]
 pub enum Message {
     Data(RecordBatch),
     Watermark(i64),
-    Barrier(u64),
+    Barrier(Barrier),
     End,
+}
+
+/// A checkpoint barrier. Savepoints travel as barriers too: their files go to
+/// the savepoint's own directory, so every subtask must know where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Barrier {
+    pub checkpoint_id: u64,
+    /// `Some(savepoint id)` for a savepoint (files under `savepoints/{id}/`).
+    pub savepoint: Option<String>,
 }
 
 /// A message and the index of the upstream subtask that sent it, so the

@@ -2,7 +2,7 @@
 //! through [`Collector`]s: no channel, no copy, between them.
 
 use arrow_array::RecordBatch;
-use sluice_state::PendingSnapshot;
+use sluice_state::{PendingSnapshot, ReadSeek};
 
 use crate::error::Result;
 
@@ -32,16 +32,33 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// Synchronous part of a checkpoint of this operator's keyed state (none for stateless operators).
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<Box<dyn PendingSnapshot>>> {
-        Ok(Vec::new())
+    /// Whether the operator has keyed state (and so a snapshot file per checkpoint).
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    /// Synchronous part of a checkpoint of this operator's keyed state, taken
+    /// between records; the returned job writes the canonical file on another
+    /// thread. `None` for stateless operators.
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Box<dyn PendingSnapshot>>> {
+        Ok(None)
+    }
+
+    /// Before the first record: restores the key groups this subtask owns from
+    /// the snapshot files of every old subtask of this operator (any
+    /// parallelism, any backend), and the watermark the operator had seen, so
+    /// rows late before the snapshot stay late after it.
+    fn restore(&mut self, _files: &mut [&mut dyn ReadSeek], _watermark: i64) -> Result<()> {
+        Ok(())
     }
 }
 
-/// Operators of one task, called in order.
+/// Operators of one task, called in order, each with its stable uid (the key
+/// of its state in checkpoints).
 #[derive(Default)]
 pub struct Chain {
     pub ops: Vec<Box<dyn Operator>>,
+    pub uids: Vec<String>,
 }
 
 struct Link<'a> {
@@ -81,8 +98,22 @@ impl Collector for Link<'_> {
 }
 
 impl Chain {
+    /// A chain whose operators are named `op0`, `op1`, … (tests; the task layer uses [`Chain::with_uids`]).
     pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
-        Chain { ops }
+        let uids = (0..ops.len()).map(|i| format!("op{i}")).collect();
+        Chain { ops, uids }
+    }
+
+    pub fn with_uids(ops: Vec<Box<dyn Operator>>, uids: Vec<String>) -> Self {
+        Chain { ops, uids }
+    }
+
+    /// Removes and returns the first operator (and its uid).
+    pub fn take_first(&mut self) -> Option<(String, Box<dyn Operator>)> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some((self.uids.remove(0), self.ops.remove(0)))
     }
 
     pub fn process(&mut self, batch: RecordBatch, tail: &mut dyn Collector) -> Result<()> {
@@ -131,10 +162,16 @@ impl Chain {
         Ok(())
     }
 
-    pub fn snapshot(&mut self, checkpoint_id: u64) -> Result<Vec<Box<dyn PendingSnapshot>>> {
+    /// Snapshots of the stateful operators, by uid.
+    pub fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> Result<Vec<(String, Box<dyn PendingSnapshot>)>> {
         let mut out = Vec::new();
-        for op in &mut self.ops {
-            out.extend(op.snapshot(checkpoint_id)?);
+        for (op, uid) in self.ops.iter_mut().zip(&self.uids) {
+            if let Some(s) = op.snapshot(checkpoint_id)? {
+                out.push((uid.clone(), s));
+            }
         }
         Ok(out)
     }

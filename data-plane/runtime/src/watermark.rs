@@ -41,6 +41,11 @@ impl WatermarkGen {
         }
     }
 
+    /// After a restore: never emit below the watermark the job had reached.
+    pub fn set_floor(&mut self, watermark: i64) {
+        self.emitted = self.emitted.max(watermark);
+    }
+
     pub fn observe(&mut self, split: usize, batch: &RecordBatch) -> Result<()> {
         if split >= self.splits.len() {
             self.splits.resize_with(split + 1, || Split {

@@ -112,6 +112,16 @@ pub(crate) fn function_args(e: &AstExpr, f: &ast::Function) -> SqlResult<Vec<Ast
             "unsupported construct: subquery as a function argument",
         )),
         FunctionArguments::List(list) => {
+            if !list.clauses.is_empty() && function_name(f) != "JSON_VALUE" {
+                return Err(err(
+                    e,
+                    ErrorCode::Unsupported,
+                    format!(
+                        "unsupported construct: clauses inside the argument list of {}",
+                        f.name
+                    ),
+                ));
+            }
             let mut out = Vec::new();
             for a in &list.args {
                 match a {

@@ -103,6 +103,10 @@ pub enum Func {
     CurrentWatermark,
     Proctime,
     Abs,
+    /// JSON_VALUE(json, path, on_empty, empty_default, on_error, error_default):
+    /// `on_*` are the literals 'NULL', 'ERROR' or 'DEFAULT'; the defaults are
+    /// already of the result type.
+    JsonValue,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -260,6 +264,31 @@ impl std::fmt::Display for Expr {
                 write!(f, " END")
             }
             Expr::Cast { expr, ty, .. } => write!(f, "CAST({expr} AS {})", sql_name(ty)),
+            Expr::Call {
+                func: Func::JsonValue,
+                args,
+                ty,
+            } if args.len() == 6 => {
+                write!(
+                    f,
+                    "JSON_VALUE({}, {} RETURNING {}",
+                    args[0],
+                    args[1],
+                    sql_name(ty)
+                )?;
+                for (mode, default, target) in
+                    [(&args[2], &args[3], "EMPTY"), (&args[4], &args[5], "ERROR")]
+                {
+                    match mode {
+                        Expr::Literal(Literal::Utf8(m)) if m == "DEFAULT" => {
+                            write!(f, " DEFAULT {default} ON {target}")?
+                        }
+                        Expr::Literal(Literal::Utf8(m)) => write!(f, " {m} ON {target}")?,
+                        other => write!(f, " {other} ON {target}")?,
+                    }
+                }
+                write!(f, ")")
+            }
             Expr::Call { func, args, .. } => {
                 write!(f, "{}(", format!("{func:?}").to_uppercase())?;
                 for (i, e) in args.iter().enumerate() {

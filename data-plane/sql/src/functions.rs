@@ -4,10 +4,13 @@ use arrow_schema::DataType;
 use sqlparser::ast::{self as ast, Expr as AstExpr};
 
 use crate::bind::{
-    bind, bind_int_arg, bind_string_arg, err, function_args, function_name, is_aggregate_name,
+    bind, bind_int_arg, bind_string_arg, cast_type, err, function_args, function_name,
+    is_aggregate_name,
 };
 use crate::error::{ErrorCode, SqlResult};
 use crate::expr::{Expr, Func, Literal, Scope};
+use crate::json_path::parse_json_path;
+use crate::parse::JSON_CLAUSE_PREFIX;
 use crate::types::{self, common_type, is_numeric, is_timestamp, sql_name};
 
 pub(crate) fn bind_function(e: &AstExpr, f: &ast::Function, scope: &Scope) -> SqlResult<Expr> {
@@ -200,6 +203,7 @@ pub(crate) fn bind_function(e: &AstExpr, f: &ast::Function, scope: &Scope) -> Sq
                 ty: types::timestamp_ltz(),
             })
         }
+        "JSON_VALUE" => bind_json_value(e, f, &args, scope),
         "ABS" => {
             arity(1, 1)?;
             let x = bind(&args[0], scope)?;
@@ -219,6 +223,157 @@ pub(crate) fn bind_function(e: &AstExpr, f: &ast::Function, scope: &Scope) -> Sq
             format!("unsupported function {name}"),
         )),
     }
+}
+
+/// What `JSON_VALUE` does when the path finds nothing (`ON EMPTY`) or the
+/// input or value is bad (`ON ERROR`); carried in the call's arguments as the
+/// literal `'NULL' | 'ERROR' | 'DEFAULT'` followed by the default expression.
+fn json_clause(
+    args: &[AstExpr],
+    target: &str,
+    ty: &DataType,
+    scope: &Scope,
+) -> SqlResult<(Expr, Expr)> {
+    let mut found: Option<(Expr, Expr)> = None;
+    for a in args {
+        let AstExpr::Function(f) = a else { continue };
+        let name = f.name.0.last().map(|p| p.to_string()).unwrap_or_default();
+        let name = name.trim_matches('"');
+        let Some(rest) = name.strip_prefix(&format!("{JSON_CLAUSE_PREFIX}{target}_")) else {
+            continue;
+        };
+        if found.is_some() {
+            return Err(err(
+                a,
+                ErrorCode::SyntaxError,
+                format!("JSON_VALUE has two ON {target} clauses"),
+            ));
+        }
+        let inner = function_args(a, f)?;
+        let default = match (rest, inner.as_slice()) {
+            ("DEFAULT", [d]) => {
+                let b = bind(d, scope)?;
+                if !types::assignable(&b.data_type(), ty) {
+                    return Err(err(
+                        d,
+                        ErrorCode::TypeMismatch,
+                        format!(
+                            "JSON_VALUE's DEFAULT … ON {target} is {} but the function returns {}",
+                            sql_name(&b.data_type()),
+                            sql_name(ty)
+                        ),
+                    ));
+                }
+                b.cast_to(ty)
+            }
+            ("NULL" | "ERROR", []) => Expr::Literal(Literal::Null).cast_to(ty),
+            _ => {
+                return Err(err(
+                    a,
+                    ErrorCode::SyntaxError,
+                    format!("expected NULL, ERROR or DEFAULT <value> before ON {target}"),
+                ));
+            }
+        };
+        found = Some((Expr::Literal(Literal::Utf8(rest.to_string())), default));
+    }
+    Ok(found.unwrap_or_else(|| {
+        (
+            Expr::Literal(Literal::Utf8("NULL".into())),
+            Expr::Literal(Literal::Null).cast_to(ty),
+        )
+    }))
+}
+
+/// `JSON_VALUE(json, 'path' [RETURNING type] [{NULL|ERROR|DEFAULT x} ON EMPTY]
+/// [{NULL|ERROR|DEFAULT x} ON ERROR])` → `Call(JsonValue, [json, path,
+/// on_empty, empty_default, on_error, error_default])`.
+fn bind_json_value(
+    e: &AstExpr,
+    f: &ast::Function,
+    args: &[AstExpr],
+    scope: &Scope,
+) -> SqlResult<Expr> {
+    let is_clause = |a: &AstExpr| matches!(a, AstExpr::Function(g) if g.name.0.last().map(|p| p.to_string().trim_matches('"').starts_with(JSON_CLAUSE_PREFIX)).unwrap_or(false));
+    let plain: Vec<&AstExpr> = args.iter().filter(|a| !is_clause(a)).collect();
+    if plain.len() != 2 {
+        return Err(err(
+            e,
+            ErrorCode::SyntaxError,
+            format!(
+                "JSON_VALUE takes (json, 'path' [RETURNING type] [… ON EMPTY] [… ON ERROR]), got {} arguments",
+                plain.len()
+            ),
+        ));
+    }
+    let input = bind_string_arg(plain[0], scope)?;
+    let path = match bind(plain[1], scope)? {
+        Expr::Literal(Literal::Utf8(p)) => p,
+        _ => {
+            return Err(err(
+                plain[1],
+                ErrorCode::Unsupported,
+                "unsupported construct: JSON_VALUE with a non-literal path",
+            ));
+        }
+    };
+    parse_json_path(&path).map_err(|why| {
+        err(
+            plain[1],
+            ErrorCode::Unsupported,
+            format!("unsupported construct: JSON path '{path}': {why}"),
+        )
+    })?;
+    let mut ty = DataType::Utf8;
+    if let ast::FunctionArguments::List(list) = &f.args {
+        for c in &list.clauses {
+            match c {
+                ast::FunctionArgumentClause::JsonReturningClause(r) => {
+                    let t = cast_type(e, &r.data_type)?;
+                    if !matches!(
+                        t,
+                        DataType::Utf8
+                            | DataType::Boolean
+                            | DataType::Int32
+                            | DataType::Int64
+                            | DataType::Float32
+                            | DataType::Float64
+                    ) {
+                        return Err(err(
+                            e,
+                            ErrorCode::Unsupported,
+                            format!(
+                                "unsupported construct: JSON_VALUE … RETURNING {}: supported are STRING, BOOLEAN, INT, BIGINT, FLOAT, DOUBLE",
+                                r.data_type
+                            ),
+                        ));
+                    }
+                    ty = t;
+                }
+                other => {
+                    return Err(err(
+                        e,
+                        ErrorCode::Unsupported,
+                        format!("unsupported construct: {other} in JSON_VALUE"),
+                    ));
+                }
+            }
+        }
+    }
+    let (on_empty, empty_default) = json_clause(args, "EMPTY", &ty, scope)?;
+    let (on_error, error_default) = json_clause(args, "ERROR", &ty, scope)?;
+    Ok(Expr::Call {
+        func: Func::JsonValue,
+        args: vec![
+            input,
+            Expr::Literal(Literal::Utf8(path)),
+            on_empty,
+            empty_default,
+            on_error,
+            error_default,
+        ],
+        ty,
+    })
 }
 
 /// Parses `yyyy-MM-dd HH:mm:ss[.SSS]` (or with `T`) into epoch milliseconds, UTC.

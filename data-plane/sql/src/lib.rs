@@ -12,16 +12,22 @@
 //! projections, filters, scalar functions; `OVER (PARTITION BY … ORDER BY
 //! <time> ROWS|RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)` aggregates;
 //! `TUMBLE`/`HOP`/`SESSION` window TVFs grouped by `window_start, window_end`;
-//! unbounded `GROUP BY` producing a changelog.
+//! unbounded `GROUP BY` producing a changelog; deduplication
+//! (`SELECT … FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY … ORDER BY
+//! <time attribute> ASC|DESC) AS rn FROM t) WHERE rn = 1`, see `dedup.rs`);
+//! `JSON_VALUE` with plain member/index paths, `RETURNING` and `ON EMPTY` /
+//! `ON ERROR` (see [`json_path`]).
 //!
 //! Test: `dev/cargo test -p sluice-sql`.
 
 mod aggregations;
 mod bind;
 mod catalog;
+mod dedup;
 mod error;
 mod expr;
 mod functions;
+pub mod json_path;
 mod options;
 mod parse;
 mod plan;

@@ -56,6 +56,13 @@ fn connector_specs(connector: &str) -> Option<Vec<Spec>> {
             opt("standard-error", Kind::Bool),
         ],
         "blackhole" => vec![],
+        "jdbc" => vec![
+            req("url", Kind::Str),
+            req("table-name", Kind::Str),
+            opt("username", Kind::Str),
+            opt("password", Kind::Str),
+            opt("sink.buffer-flush.max-rows", Kind::Int),
+        ],
         "kafka" | "upsert-kafka" => vec![
             req("topic", Kind::Str),
             req("properties.bootstrap.servers", Kind::Str),
@@ -81,7 +88,7 @@ fn connector_specs(connector: &str) -> Option<Vec<Spec>> {
             opt("value.fields-include", Kind::Enum(&["ALL", "EXCEPT_KEY"])),
             opt(
                 "sink.delivery-guarantee",
-                Kind::Enum(&["at-least-once", "none"]),
+                Kind::Enum(&["exactly-once", "at-least-once", "none"]),
             ),
             opt("sink.transactional-id-prefix", Kind::Str),
             opt("scan.watermark.idle-timeout", Kind::Duration),
@@ -109,6 +116,7 @@ pub const CONNECTORS: &[&str] = &[
     "filesystem",
     "print",
     "blackhole",
+    "jdbc",
     "kafka",
     "upsert-kafka",
 ];

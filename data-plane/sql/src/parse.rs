@@ -148,6 +148,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, Vec<SqlError>> {
 }
 
 fn parse_one(tokens: Vec<TokenWithSpan>) -> SqlResult<Statement> {
+    let tokens = rewrite_json_value_clauses(tokens);
     let first = tokens[0].clone();
     if is_word(&first, "CREATE") {
         return parse_create(tokens);
@@ -586,4 +587,137 @@ fn parse_insert(tokens: Vec<TokenWithSpan>) -> SqlResult<Statement> {
         target_span,
         query,
     }))
+}
+
+/// Prefix of the function names that carry `JSON_VALUE`'s `… ON EMPTY` /
+/// `… ON ERROR` clauses as extra arguments (see [`rewrite_json_value_clauses`]).
+pub(crate) const JSON_CLAUSE_PREFIX: &str = "$JSON_ON_";
+
+/// sqlparser parses `JSON_VALUE(x, path RETURNING t)` but not Flink's
+/// `{NULL | ERROR | DEFAULT expr} ON {EMPTY | ERROR}` clauses. Each clause is
+/// turned into an extra argument `$JSON_ON_<EMPTY|ERROR>_<NULL|ERROR|DEFAULT>(expr)`
+/// placed before `RETURNING`, with the span of its first keyword, so the binder
+/// reads it like any argument and errors still point into the submitted text.
+/// Tokens that do not form such a clause are left for the parser to reject.
+fn rewrite_json_value_clauses(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        let opens = tokens.get(i + 1).map(|n| n.token == Token::LParen) == Some(true);
+        if is_word(t, "JSON_VALUE")
+            && opens
+            && let Some(close) = matching_paren(&tokens, i + 1)
+        {
+            out.push(t.clone());
+            out.push(tokens[i + 1].clone());
+            let inner = rewrite_json_value_clauses(tokens[i + 2..close].to_vec());
+            out.extend(extract_json_clauses(inner));
+            out.push(tokens[close].clone());
+            i = close + 1;
+            continue;
+        }
+        out.push(t.clone());
+        i += 1;
+    }
+    out
+}
+
+fn matching_paren(tokens: &[TokenWithSpan], open: usize) -> Option<usize> {
+    let mut depth = 0i32;
+    for (j, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `ON EMPTY` / `ON ERROR` starting at `j` (at nesting depth 0 of the call).
+fn on_target(inner: &[TokenWithSpan], j: usize) -> Option<&'static str> {
+    if !inner.get(j).is_some_and(|t| is_word(t, "ON")) {
+        return None;
+    }
+    let t = inner.get(j + 1)?;
+    if is_word(t, "EMPTY") {
+        Some("EMPTY")
+    } else if is_word(t, "ERROR") {
+        Some("ERROR")
+    } else {
+        None
+    }
+}
+
+fn extract_json_clauses(inner: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut kept: Vec<TokenWithSpan> = Vec::with_capacity(inner.len());
+    let mut clauses: Vec<TokenWithSpan> = Vec::new();
+    let mut depth = 0i32;
+    let mut returning_at: Option<usize> = None;
+    let mut i = 0;
+    while i < inner.len() {
+        let t = &inner[i];
+        if depth == 0 {
+            let behaviour = ["NULL", "ERROR", "DEFAULT"]
+                .into_iter()
+                .find(|b| is_word(t, b));
+            if let Some(b) = behaviour {
+                // The clause's expression (DEFAULT only) runs to `ON EMPTY|ERROR` at depth 0.
+                let mut j = i + 1;
+                let mut d = 0i32;
+                let mut target = None;
+                if b == "DEFAULT" {
+                    while j < inner.len() {
+                        match inner[j].token {
+                            Token::LParen => d += 1,
+                            Token::RParen => d -= 1,
+                            _ => {}
+                        }
+                        if d == 0
+                            && let Some(tg) = on_target(&inner, j)
+                        {
+                            target = Some(tg);
+                            break;
+                        }
+                        j += 1;
+                    }
+                } else {
+                    target = on_target(&inner, j);
+                }
+                if let Some(tg) = target {
+                    let span = t.span;
+                    let mk = |token: Token| TokenWithSpan { token, span };
+                    clauses.push(mk(Token::Comma));
+                    clauses.push(mk(Token::make_word(
+                        &format!("{JSON_CLAUSE_PREFIX}{tg}_{b}"),
+                        Some('"'),
+                    )));
+                    clauses.push(mk(Token::LParen));
+                    clauses.extend(inner[i + 1..j].iter().cloned());
+                    clauses.push(mk(Token::RParen));
+                    i = j + 2;
+                    continue;
+                }
+            }
+            if is_word(t, "RETURNING") && returning_at.is_none() {
+                returning_at = Some(kept.len());
+            }
+        }
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        kept.push(t.clone());
+        i += 1;
+    }
+    let at = returning_at.unwrap_or(kept.len());
+    kept.splice(at..at, clauses);
+    kept
 }

@@ -106,6 +106,15 @@ pub enum Stage {
         keys: Vec<usize>,
         aggs: Vec<AggCall>,
     },
+    /// `ROW_NUMBER() OVER (PARTITION BY keys ORDER BY time ASC|DESC) … WHERE rn = 1`.
+    /// Output: the input columns. Keep-first is append-only; keep-last is a
+    /// changelog (+I, then -U/+U) keyed by `keys`.
+    Deduplicate {
+        keys: Vec<usize>,
+        time: usize,
+        time_kind: TimeKind,
+        keep_last: bool,
+    },
 }
 
 impl std::fmt::Display for Stage {
@@ -179,6 +188,19 @@ impl std::fmt::Display for Stage {
                 "WindowAggregate {window:?} time=#{time} keys=[{}] aggs=[{}]",
                 list(&keys.iter().map(|k| format!("#{k}")).collect::<Vec<_>>()),
                 aggs(a)
+            ),
+            Stage::Deduplicate {
+                keys,
+                time,
+                time_kind,
+                keep_last,
+            } => write!(
+                f,
+                "Deduplicate keep={} partition=[{}] order={:?}-time #{time}{}",
+                if *keep_last { "last" } else { "first" },
+                list(&keys.iter().map(|k| format!("#{k}")).collect::<Vec<_>>()),
+                time_kind,
+                if *keep_last { " (changelog)" } else { "" }
             ),
             Stage::GroupAggregate { keys, aggs: a } => write!(
                 f,

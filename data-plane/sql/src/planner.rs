@@ -1,7 +1,8 @@
 //! `INSERT INTO sink SELECT …` → a [`Pipeline`]. The supported shapes are
 //! stateless (projection/filter), `OVER` running aggregates, windowing TVFs
-//! with `GROUP BY window_start, window_end, …`, and unbounded `GROUP BY`
-//! (changelog). Anything else is rejected with its position.
+//! with `GROUP BY window_start, window_end, …`, unbounded `GROUP BY`
+//! (changelog), and deduplication over a `ROW_NUMBER()` subquery (planned in
+//! `dedup.rs`). Anything else is rejected with its position.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,7 @@ pub(crate) fn unsupported(span: Span, what: &str) -> SqlError {
 }
 
 /// Function calls inside an expression (not descending into the calls themselves).
-fn collect_calls<'a>(e: &'a AstExpr, out: &mut Vec<&'a ast::Function>) {
+pub(crate) fn collect_calls<'a>(e: &'a AstExpr, out: &mut Vec<&'a ast::Function>) {
     match e {
         AstExpr::Function(f) => out.push(f),
         AstExpr::BinaryOp { left, right, .. } => {
@@ -97,7 +98,7 @@ fn collect_calls<'a>(e: &'a AstExpr, out: &mut Vec<&'a ast::Function>) {
     }
 }
 
-fn item_expr(item: &SelectItem) -> SqlResult<(&AstExpr, Option<String>)> {
+pub(crate) fn item_expr(item: &SelectItem) -> SqlResult<(&AstExpr, Option<String>)> {
     match item {
         SelectItem::UnnamedExpr(e) => Ok((e, None)),
         SelectItem::ExprWithAlias { expr, alias } => Ok((expr, Some(alias.value.clone()))),
@@ -113,7 +114,7 @@ pub(crate) fn default_name(e: &AstExpr, i: usize) -> String {
     }
 }
 
-fn source_stages(t: &TableDef) -> Vec<Stage> {
+pub(crate) fn source_stages(t: &TableDef) -> Vec<Stage> {
     let mut stages = Vec::new();
     if !t.computed.is_empty() {
         let cols = t.columns();
@@ -206,51 +207,26 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
             let (t, tvf) = plan_tvf(expr, tables)?;
             (t, Some(tvf))
         }
+        TableFactor::Derived {
+            lateral: false,
+            subquery,
+            ..
+        } => {
+            return crate::dedup::plan_dedup_insert(ins, sink, select, subquery, tables);
+        }
         TableFactor::Derived { .. } => {
-            return Err(unsupported(from.relation.span(), "subquery in FROM"));
+            return Err(unsupported(
+                from.relation.span(),
+                "LATERAL subquery in FROM",
+            ));
         }
         other => return Err(unsupported(other.span(), "this kind of FROM item")),
     };
-    let source = tables.get(&source_name).ok_or_else(|| {
-        SqlError::span(
-            from.relation.span(),
-            ErrorCode::UnknownTable,
-            format!("unknown table '{source_name}'"),
-        )
-    })?;
-    if source.connector == "blackhole" || source.connector == "print" {
-        return Err(SqlError::span(
-            from.relation.span(),
-            ErrorCode::BadOption,
-            format!(
-                "table '{source_name}' uses connector '{}', which cannot be read",
-                source.connector
-            ),
-        ));
-    }
+    let source = lookup_source(from.relation.span(), &source_name, tables)?;
     let mut stages = source_stages(source);
     let scope = Scope::new(source.columns());
     if let Some(w) = &select.selection {
-        let p = bind(w, &scope)?;
-        if p.data_type() != DataType::Boolean {
-            return Err(SqlError::span(
-                w.span(),
-                ErrorCode::TypeMismatch,
-                format!(
-                    "WHERE needs a BOOLEAN condition, found {}",
-                    sql_name(&p.data_type())
-                ),
-            ));
-        }
-        if source.watermark.is_none() && !source.computed.is_empty() {
-            // Filter before computing columns (they are then computed for the kept rows
-            // only): the predicate reads the computed expressions themselves, simplified.
-            // Not done with a watermark, which is taken over all rows before any filter.
-            let inlined = crate::simplify::simplify(crate::simplify::inline_computed(p, source));
-            stages.insert(0, Stage::Filter { predicate: inlined });
-        } else {
-            stages.push(Stage::Filter { predicate: p });
-        }
+        plan_where(w, &scope, source, &mut stages)?;
     }
 
     // Expand `*` and collect the select items.
@@ -300,6 +276,12 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
         }
     };
 
+    if let Some(f) = over_calls.iter().find(|f| function_name(f) == "ROW_NUMBER") {
+        return Err(unsupported(
+            f.name.span(),
+            "ROW_NUMBER() outside the deduplication pattern SELECT … FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY … ORDER BY <time attribute>) AS rn FROM t) WHERE rn = 1",
+        ));
+    }
     let (post_scope, updating) = if let Some(tvf) = tvf {
         plan_window(&mut stages, &scope, tvf, &group_by, &agg_calls, select)?
     } else if !over_calls.is_empty() {
@@ -319,7 +301,90 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
         (scope.clone(), false)
     };
 
-    // Final projection onto the sink's columns.
+    let bound = items
+        .iter()
+        .map(|(e, _, span)| Ok((bind(e, &post_scope)?, *span)))
+        .collect::<SqlResult<Vec<_>>>()?;
+    finish_pipeline(
+        ins,
+        sink,
+        source,
+        stages,
+        bound,
+        post_scope.columns.len(),
+        updating,
+    )
+}
+
+/// The table read by a query, which must be readable.
+pub(crate) fn lookup_source<'a>(
+    span: Span,
+    name: &str,
+    tables: &'a BTreeMap<String, TableDef>,
+) -> SqlResult<&'a TableDef> {
+    let source = tables.get(name).ok_or_else(|| {
+        SqlError::span(
+            span,
+            ErrorCode::UnknownTable,
+            format!("unknown table '{name}'"),
+        )
+    })?;
+    // jdbc is a sink here: reading a database table is not a streaming source.
+    if source.connector == "blackhole" || source.connector == "print" || source.connector == "jdbc"
+    {
+        return Err(SqlError::span(
+            span,
+            ErrorCode::BadOption,
+            format!(
+                "table '{name}' uses connector '{}', which cannot be read",
+                source.connector
+            ),
+        ));
+    }
+    Ok(source)
+}
+
+/// The `WHERE` of a query reading `source` directly.
+pub(crate) fn plan_where(
+    w: &AstExpr,
+    scope: &Scope,
+    source: &TableDef,
+    stages: &mut Vec<Stage>,
+) -> SqlResult<()> {
+    let p = bind(w, scope)?;
+    if p.data_type() != DataType::Boolean {
+        return Err(SqlError::span(
+            w.span(),
+            ErrorCode::TypeMismatch,
+            format!(
+                "WHERE needs a BOOLEAN condition, found {}",
+                sql_name(&p.data_type())
+            ),
+        ));
+    }
+    if source.watermark.is_none() && !source.computed.is_empty() {
+        // Filter before computing columns (they are then computed for the kept rows
+        // only): the predicate reads the computed expressions themselves, simplified.
+        // Not done with a watermark, which is taken over all rows before any filter.
+        let inlined = crate::simplify::simplify(crate::simplify::inline_computed(p, source));
+        stages.insert(0, Stage::Filter { predicate: inlined });
+    } else {
+        stages.push(Stage::Filter { predicate: p });
+    }
+    Ok(())
+}
+
+/// The final projection onto the sink's columns (`items` bound over the last
+/// stage's `n_cols` columns) and the sink checks.
+pub(crate) fn finish_pipeline(
+    ins: &Insert,
+    sink: &TableDef,
+    source: &TableDef,
+    mut stages: Vec<Stage>,
+    items: Vec<(Expr, Span)>,
+    n_cols: usize,
+    updating: bool,
+) -> SqlResult<Pipeline> {
     if items.len() != sink.physical.len() {
         return Err(SqlError::span(
             ins.target_span,
@@ -339,11 +404,10 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
     }
     let mut exprs = Vec::new();
     let mut output = Vec::new();
-    for ((e, _name, span), col) in items.iter().zip(&sink.physical) {
-        let b = bind(e, &post_scope)?;
+    for ((b, span), col) in items.into_iter().zip(&sink.physical) {
         if !assignable(&b.data_type(), &col.ty) {
             return Err(SqlError::span(
-                *span,
+                span,
                 ErrorCode::TypeMismatch,
                 format!(
                     "cannot write {} into column '{}' of type {} of sink '{}'; use CAST",
@@ -357,7 +421,7 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
         exprs.push(b.cast_to(&col.ty));
         output.push((col.name.clone(), sql_name(&col.ty)));
     }
-    let identity = exprs.len() == post_scope.columns.len()
+    let identity = exprs.len() == n_cols
         && exprs
             .iter()
             .enumerate()
@@ -368,17 +432,27 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
             names: sink.physical.iter().map(|c| c.name.clone()).collect(),
         });
     }
+    if updating && sink.connector == "jdbc" && sink.primary_key.is_empty() {
+        return Err(SqlError::span(
+            ins.target_span,
+            ErrorCode::Unsupported,
+            format!(
+                "sink '{}' (connector 'jdbc') receives updates but has no PRIMARY KEY; declare `PRIMARY KEY (…) NOT ENFORCED` so rows can be upserted",
+                sink.name
+            ),
+        ));
+    }
     if updating
         && !matches!(
             sink.connector.as_str(),
-            "upsert-kafka" | "print" | "blackhole" | "filesystem"
+            "upsert-kafka" | "print" | "blackhole" | "filesystem" | "jdbc"
         )
     {
         return Err(SqlError::span(
             ins.target_span,
             ErrorCode::Unsupported,
             format!(
-                "sink '{}' (connector '{}') only takes append-only rows but this query produces updates; use an upsert sink (upsert-kafka, print, blackhole)",
+                "sink '{}' (connector '{}') only takes append-only rows but this query produces updates; use an upsert sink (upsert-kafka, jdbc with a primary key, print, blackhole)",
                 sink.name, sink.connector
             ),
         ));

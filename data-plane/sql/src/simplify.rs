@@ -17,7 +17,7 @@ pub fn inline_computed(e: Expr, t: &TableDef) -> Expr {
     })
 }
 
-fn map(e: Expr, f: &dyn Fn(Expr) -> Expr) -> Expr {
+pub(crate) fn map(e: Expr, f: &dyn Fn(Expr) -> Expr) -> Expr {
     let b = |x: Box<Expr>| Box::new(map(*x, f));
     let e = match e {
         Expr::Binary {

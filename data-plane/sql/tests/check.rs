@@ -228,3 +228,37 @@ fn filter_on_a_computed_case_runs_first_as_int_compares() {
         "{text}"
     );
 }
+
+#[test]
+fn jdbc_is_an_upsert_sink_with_a_key_and_never_a_source() {
+    let counts = |key: &str| {
+        format!(
+            "CREATE TABLE clicks (user_id STRING, n INT) WITH ('connector' = 'datagen', 'number-of-rows' = '10');\n\
+             CREATE TABLE totals (user_id STRING, total BIGINT{key}) WITH ('connector' = 'jdbc', \
+             'url' = 'jdbc:postgresql://127.0.0.1:5432/db', 'table-name' = 'totals');\n\
+             INSERT INTO totals SELECT user_id, COUNT(*) FROM clicks GROUP BY user_id;"
+        )
+    };
+    check(&counts(", PRIMARY KEY (user_id) NOT ENFORCED"))
+        .expect("an upsert into a keyed jdbc table");
+    assert_error(&counts(""), ErrorCode::Unsupported, 3, 13, "no PRIMARY KEY");
+    assert_error(
+        "CREATE TABLE t (a INT) WITH ('connector' = 'jdbc', 'url' = 'postgres://h/db', 'table-name' = 't');\n\
+         CREATE TABLE o (a INT) WITH ('connector' = 'blackhole');\n\
+         INSERT INTO o SELECT a FROM t;",
+        ErrorCode::BadOption,
+        3,
+        29,
+        "cannot be read",
+    );
+    assert_error(
+        "CREATE TABLE t (a INT) WITH ('connector' = 'jdbc', 'url' = 'postgres://h/db');",
+        ErrorCode::BadOption,
+        1,
+        14,
+        "table-name",
+    );
+}
+
+#[path = "check/dedup_json.rs"]
+mod dedup_json;

@@ -35,10 +35,29 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/applications/{id}:rollback"),
     ("get", "/v1/applications/{id}/versions"),
     ("get", "/v1/applications/{id}/versions/{n}"),
+    ("get", "/v1/applications/{id}/events"),
+    ("get", "/v1/applications/{id}/metrics"),
     ("get", "/v1/api-keys"),
     ("post", "/v1/api-keys"),
     ("delete", "/v1/api-keys/{id}"),
     ("get", "/v1/operations/{id}"),
+    ("post", "/v1/applications/{id}/savepoints"),
+    ("get", "/v1/applications/{id}/savepoints"),
+    ("get", "/v1/applications/{id}/savepoint-usage"),
+    ("put", "/v1/applications/{id}/savepoint-schedule"),
+    ("get", "/v1/applications/{id}/savepoint-schedule"),
+    ("delete", "/v1/applications/{id}/savepoint-schedule"),
+    ("get", "/v1/savepoints/{id}"),
+    ("patch", "/v1/savepoints/{id}"),
+    ("delete", "/v1/savepoints/{id}"),
+    ("post", "/v1/savepoints/{id}:export"),
+    ("get", "/v1/usage"),
+    ("get", "/v1/usage/events"),
+    ("get", "/v1/invoices"),
+    ("get", "/v1/invoices/{month}"),
+    ("get", "/v1/budget"),
+    ("put", "/v1/budget"),
+    ("delete", "/v1/budget"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +358,33 @@ impl Client {
             .value)
     }
 
+    /// `:stop` with a body (`force`: no savepoint).
+    pub async fn stop_application(&self, id: &str, req: &StopRequest) -> Result<Operation> {
+        Ok(self
+            .write(
+                Method::POST,
+                &format!("/v1/applications/{id}:stop"),
+                Some(req),
+                None,
+            )
+            .await?
+            .value)
+    }
+
+    pub async fn list_events(&self, id: &str, page: &PageParams) -> Result<ApplicationEventList> {
+        Ok(self
+            .get(&Self::page(&format!("/v1/applications/{id}/events"), page))
+            .await?
+            .value)
+    }
+
+    pub async fn get_metrics(&self, id: &str) -> Result<ApplicationMetrics> {
+        Ok(self
+            .get(&format!("/v1/applications/{id}/metrics"))
+            .await?
+            .value)
+    }
+
     pub async fn list_api_keys(&self, page: &PageParams) -> Result<ApiKeyList> {
         Ok(self.get(&Self::page("/v1/api-keys", page)).await?.value)
     }
@@ -359,6 +405,173 @@ impl Client {
     pub async fn get_operation(&self, id: &str) -> Result<Operation> {
         Ok(self.get(&format!("/v1/operations/{id}")).await?.value)
     }
+
+    /// Take (or, with `source_uri`, import) a savepoint; it comes back PENDING.
+    pub async fn create_savepoint(
+        &self,
+        app: &str,
+        req: &CreateSavepoint,
+    ) -> Result<Versioned<Savepoint>> {
+        self.write(
+            Method::POST,
+            &format!("/v1/applications/{app}/savepoints"),
+            Some(req),
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_savepoints(&self, app: &str, page: &PageParams) -> Result<SavepointList> {
+        Ok(self
+            .get(&Self::page(
+                &format!("/v1/applications/{app}/savepoints"),
+                page,
+            ))
+            .await?
+            .value)
+    }
+
+    pub async fn get_savepoint(&self, id: &str) -> Result<Versioned<Savepoint>> {
+        self.get(&format!("/v1/savepoints/{id}")).await
+    }
+
+    pub async fn update_savepoint(
+        &self,
+        id: &str,
+        req: &UpdateSavepoint,
+        if_match: Option<&str>,
+    ) -> Result<Versioned<Savepoint>> {
+        self.write(
+            Method::PATCH,
+            &format!("/v1/savepoints/{id}"),
+            Some(req),
+            if_match,
+        )
+        .await
+    }
+
+    /// Dispose of a savepoint; it comes back DELETING.
+    pub async fn delete_savepoint(&self, id: &str, if_match: Option<&str>) -> Result<Savepoint> {
+        Ok(self
+            .write::<(), _>(
+                Method::DELETE,
+                &format!("/v1/savepoints/{id}"),
+                None,
+                if_match,
+            )
+            .await?
+            .value)
+    }
+
+    pub async fn export_savepoint(&self, id: &str, req: &ExportSavepoint) -> Result<Operation> {
+        Ok(self
+            .write(
+                Method::POST,
+                &format!("/v1/savepoints/{id}:export"),
+                Some(req),
+                None,
+            )
+            .await?
+            .value)
+    }
+
+    pub async fn savepoint_usage(&self, app: &str) -> Result<SavepointUsage> {
+        Ok(self
+            .get(&format!("/v1/applications/{app}/savepoint-usage"))
+            .await?
+            .value)
+    }
+
+    pub async fn get_savepoint_schedule(&self, app: &str) -> Result<Versioned<SavepointSchedule>> {
+        self.get(&format!("/v1/applications/{app}/savepoint-schedule"))
+            .await
+    }
+
+    pub async fn put_savepoint_schedule(
+        &self,
+        app: &str,
+        req: &PutSavepointSchedule,
+        if_match: Option<&str>,
+    ) -> Result<Versioned<SavepointSchedule>> {
+        self.write(
+            Method::PUT,
+            &format!("/v1/applications/{app}/savepoint-schedule"),
+            Some(req),
+            if_match,
+        )
+        .await
+    }
+
+    pub async fn delete_savepoint_schedule(&self, app: &str, if_match: Option<&str>) -> Result<()> {
+        self.write::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/applications/{app}/savepoint-schedule"),
+            None,
+            if_match,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `from` and `to` are RFC 3339; `granularity` is `minute`, `hour` or `day`; `group_by`
+    /// is `pool`, `application` or `region`.
+    pub async fn usage(
+        &self,
+        from: &str,
+        to: &str,
+        granularity: &str,
+        group_by: Option<&str>,
+    ) -> Result<UsageReport> {
+        let mut pairs = vec![("from", from), ("to", to), ("granularity", granularity)];
+        if let Some(g) = group_by {
+            pairs.push(("group_by", g));
+        }
+        Ok(self
+            .get(&format!("/v1/usage{}", form_query(&pairs)))
+            .await?
+            .value)
+    }
+
+    /// CloudEvents of every run's whole minutes in `[from, to)` (at most a day).
+    pub async fn usage_events(&self, from: &str, to: &str) -> Result<Vec<UsageEvent>> {
+        let q = form_query(&[("from", from), ("to", to)]);
+        Ok(self.get(&format!("/v1/usage/events{q}")).await?.value)
+    }
+
+    pub async fn list_invoices(&self, page: &PageParams) -> Result<InvoiceList> {
+        Ok(self.get(&Self::page("/v1/invoices", page)).await?.value)
+    }
+
+    /// `month` is `YYYY-MM`.
+    pub async fn get_invoice(&self, month: &str) -> Result<Invoice> {
+        Ok(self.get(&format!("/v1/invoices/{month}")).await?.value)
+    }
+
+    pub async fn get_budget(&self) -> Result<Versioned<Budget>> {
+        self.get("/v1/budget").await
+    }
+
+    pub async fn put_budget(
+        &self,
+        req: &PutBudget,
+        if_match: Option<&str>,
+    ) -> Result<Versioned<Budget>> {
+        self.write(Method::PUT, "/v1/budget", Some(req), if_match)
+            .await
+    }
+
+    pub async fn delete_budget(&self, if_match: Option<&str>) -> Result<()> {
+        self.write::<(), ()>(Method::DELETE, "/v1/budget", None, if_match)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `?k=v&…` with the values percent-encoded (RFC 3339 offsets carry a `+`).
+fn form_query(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::from("?"));
+    s.extend_pairs(pairs);
+    s.finish()
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! Binaries are found through `SLUICE_DEV_PG_BINDIR`, `SLUICE_DEV_TANSU_BIN` and
 //! `SLUICE_DEV_WEED_BIN`, else in Debian's and `dev/install-deps`' default places.
 
+pub mod kafka_log;
 pub mod process;
 
 use std::fs;

@@ -1,6 +1,8 @@
 //! The `sluice-engine` binary end to end: the seed job against the real
 //! Kafka-compatible broker, and jobs over JSON files.
 
+mod checkpoint;
+mod cluster;
 mod files;
 mod seed_kafka;
 

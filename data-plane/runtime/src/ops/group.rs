@@ -8,7 +8,7 @@ use arrow_array::{ArrayRef, Int8Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::take::take;
 use sluice_sql::AggCall;
-use sluice_state::{KeyedStateBackend, PendingSnapshot, StateId, StateKind};
+use sluice_state::{KeyedStateBackend, PendingSnapshot, ReadSeek, StateId, StateKind};
 
 use crate::accum::AggLayout;
 use crate::error::{Context, Result};
@@ -149,12 +149,23 @@ impl Operator for GroupOp {
         out.collect(b)
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<Box<dyn PendingSnapshot>>> {
-        Ok(vec![
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Box<dyn PendingSnapshot>>> {
+        Ok(Some(
             self.backend
                 .snapshot()
                 .ctx(|| "GroupAggregate snapshot".into())?,
-        ])
+        ))
+    }
+
+    fn restore(&mut self, files: &mut [&mut dyn ReadSeek], _watermark: i64) -> Result<()> {
+        self.backend
+            .restore(files)
+            .ctx(|| "GroupAggregate restore".into())?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The operators the planner's stages become.
 
+pub mod dedup;
 pub mod group;
 pub mod over;
 pub mod stateless;

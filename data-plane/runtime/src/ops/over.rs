@@ -6,15 +6,25 @@
 //! arrival order), each with the aggregate over its key's rows so far.
 //! Waiting rows stay in their Arrow batches (no per-row copy); the running
 //! accumulators live in keyed state. Processing time emits on arrival.
+//!
+//! Checkpoints: at a snapshot the waiting rows are written into the keyed list
+//! state `over-buffer` (per key: `[ts i64 BE][seq u64 BE][row in arrow-row
+//! form]`), the backend is snapshotted, and the entries are cleared again. So
+//! they are part of the key-group sections (rescaling moves them with their
+//! key) while the per-record path stays copy-free; the cost is paid per
+//! checkpoint, in proportion to the rows waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arrow_array::{ArrayRef, RecordBatch};
+use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::interleave::interleave_record_batch;
 use sluice_sql::{AggCall, TimeKind};
-use sluice_state::{KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, StateId, StateKind};
+use sluice_state::{
+    KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, ReadSeek, StateId, StateKind,
+};
 
 use crate::accum::{AggLayout, ArgCol};
 use crate::error::{Context, Result};
@@ -49,6 +59,9 @@ pub struct OverOp {
     layout: AggLayout,
     backend: Box<dyn KeyedStateBackend>,
     acc: StateId,
+    /// Waiting rows, only between a snapshot's write and its clear (and after a restore).
+    buffer: StateId,
+    input: SchemaRef,
     schema: SchemaRef,
     slots: Vec<Option<Buffered>>,
     free: Vec<u32>,
@@ -82,6 +95,9 @@ impl OverOp {
         let acc = backend
             .register("over-acc", StateKind::Value)
             .ctx(|| "OverAggregate state".into())?;
+        let buffer = backend
+            .register("over-buffer", StateKind::List)
+            .ctx(|| "OverAggregate state".into())?;
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         for (i, a) in aggs.iter().enumerate() {
             fields.push(Field::new(format!("$agg{i}"), a.ty.clone(), true));
@@ -94,6 +110,8 @@ impl OverOp {
             layout,
             backend,
             acc,
+            buffer,
+            input,
             schema: Arc::new(Schema::new(fields)),
             slots: Vec::new(),
             free: Vec::new(),
@@ -322,12 +340,153 @@ impl Operator for OverOp {
         out.watermark(watermark)
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<Box<dyn PendingSnapshot>>> {
-        Ok(vec![
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Box<dyn PendingSnapshot>>> {
+        let written = self.write_pending_to_state()?;
+        let snap = self
+            .backend
+            .snapshot()
+            .ctx(|| "OverAggregate snapshot".into())?;
+        for key in written {
             self.backend
-                .snapshot()
-                .ctx(|| "OverAggregate snapshot".into())?,
-        ])
+                .clear(self.buffer, &key, NO_NAMESPACE)
+                .ctx(|| "OverAggregate snapshot".into())?;
+        }
+        Ok(Some(snap))
+    }
+
+    fn restore(&mut self, files: &mut [&mut dyn ReadSeek], watermark: i64) -> Result<()> {
+        self.backend
+            .restore(files)
+            .ctx(|| "OverAggregate restore".into())?;
+        self.watermark = self.watermark.max(watermark);
+        self.read_pending_from_state()
+    }
+}
+
+impl OverOp {
+    fn row_converter(&self) -> Result<RowConverter> {
+        RowConverter::new(
+            self.input
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .ctx(|| "OverAggregate buffered rows".into())
+    }
+
+    /// Appends every waiting row to `over-buffer`; returns the keys written.
+    fn write_pending_to_state(&mut self) -> Result<Vec<Vec<u8>>> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let converter = self.row_converter()?;
+        let mut by_slot: Vec<Vec<Pending>> = vec![Vec::new(); self.slots.len()];
+        for p in &self.pending {
+            by_slot[p.slot as usize].push(*p);
+        }
+        let mut keys = std::collections::HashSet::new();
+        let mut item = Vec::new();
+        for (slot, waiting) in by_slot.iter().enumerate() {
+            if waiting.is_empty() {
+                continue;
+            }
+            let b = self.slots[slot].as_ref().ok_or_else(|| {
+                crate::error::RuntimeError::Task("over: missing buffered batch".into())
+            })?;
+            let rows = converter
+                .convert_columns(b.batch.columns())
+                .ctx(|| "OverAggregate buffered rows".into())?;
+            for p in waiting {
+                item.clear();
+                item.extend_from_slice(&p.ts.to_be_bytes());
+                item.extend_from_slice(&p.seq.to_be_bytes());
+                item.extend_from_slice(rows.row(p.row as usize).data());
+                let key = b.keys.key(p.row as usize);
+                self.backend
+                    .list_append(self.buffer, key, NO_NAMESPACE, &item)
+                    .ctx(|| "OverAggregate snapshot".into())?;
+                if !keys.contains(key) {
+                    keys.insert(key.to_vec());
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// After a restore: turns `over-buffer` back into waiting rows (one batch) and clears it.
+    fn read_pending_from_state(&mut self) -> Result<()> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        self.backend
+            .for_each_key(self.buffer, &mut |k, _| {
+                keys.push(k.to_vec());
+                Ok(())
+            })
+            .ctx(|| "OverAggregate restore".into())?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut waiting: Vec<(i64, u64, Vec<u8>)> = Vec::new();
+        for key in &keys {
+            let items = self
+                .backend
+                .list_get(self.buffer, key, NO_NAMESPACE)
+                .ctx(|| "OverAggregate restore".into())?;
+            for it in items.iter() {
+                if it.len() < 16 {
+                    return Err(crate::error::RuntimeError::Task(
+                        "over: a buffered row in the snapshot is truncated".into(),
+                    ));
+                }
+                let ts = i64::from_be_bytes(it[0..8].try_into().unwrap_or([0; 8]));
+                let seq = u64::from_be_bytes(it[8..16].try_into().unwrap_or([0; 8]));
+                waiting.push((ts, seq, it[16..].to_vec()));
+            }
+        }
+        for key in &keys {
+            self.backend
+                .clear(self.buffer, key, NO_NAMESPACE)
+                .ctx(|| "OverAggregate restore".into())?;
+        }
+        // Ties keep their arrival order: seq is per old subtask, and a key's rows all come from one.
+        waiting.sort_by_key(|(ts, seq, _)| (*ts, *seq));
+        let converter = self.row_converter()?;
+        let parser = converter.parser();
+        let cols = converter
+            .convert_rows(waiting.iter().map(|(_, _, r)| parser.parse(r)))
+            .ctx(|| "OverAggregate restore".into())?;
+        let batch = RecordBatch::try_new(self.input.clone(), cols)
+            .ctx(|| "OverAggregate restore".into())?;
+        let keys = self.keys.encode(&batch)?;
+        let args = self.layout.args(&batch)?;
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        for (row, (ts, _, _)) in waiting.iter().enumerate() {
+            self.seq += 1;
+            self.pending.push(Pending {
+                ts: *ts,
+                seq: self.seq,
+                slot,
+                row: row as u32,
+            });
+            self.pending_min = self.pending_min.min(*ts);
+        }
+        self.slots[slot as usize] = Some(Buffered {
+            batch,
+            keys,
+            args,
+            remaining: waiting.len(),
+        });
+        Ok(())
     }
 }
 

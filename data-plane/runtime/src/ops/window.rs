@@ -14,7 +14,8 @@ use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use sluice_sql::{AggCall, WindowKind};
 use sluice_state::{
-    KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, StateId, StateKind, TimeDomain, Timer,
+    KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, ReadSeek, StateId, StateKind, TimeDomain,
+    Timer,
 };
 
 use crate::accum::{AggLayout, AggOutput};
@@ -358,12 +359,24 @@ impl Operator for WindowOp {
         out.watermark(watermark)
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<Box<dyn PendingSnapshot>>> {
-        Ok(vec![
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Box<dyn PendingSnapshot>>> {
+        Ok(Some(
             self.backend
                 .snapshot()
                 .ctx(|| "WindowAggregate snapshot".into())?,
-        ])
+        ))
+    }
+
+    fn restore(&mut self, files: &mut [&mut dyn ReadSeek], watermark: i64) -> Result<()> {
+        self.backend
+            .restore(files)
+            .ctx(|| "WindowAggregate restore".into())?;
+        self.watermark = self.watermark.max(watermark);
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 //! The `sluice` server against a real PostgreSQL: readiness follows the schema,
-//! and SIGTERM stops the real binary cleanly.
+//! and SIGTERM stops the real binary cleanly. With `--features failpoints`
+//! (`dev/cargo test -p sluice --features failpoints`), the binary is killed in the
+//! middle of start, update and delete and a restarted one converges (`crash` below).
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
 use std::time::Duration;
@@ -108,12 +110,15 @@ async fn the_binary_migrates_serves_and_stops_on_sigterm() {
         .await
         .unwrap();
     let port = sluice_test_support::free_port().unwrap();
+    let data = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("server")
         .env("SLUICE_DATABASE__URL", &url)
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_DATABASE__MAX_CONNECTIONS", "2")
         .env("SLUICE_LOG__FORMAT", "json")
+        // Its local provisioner and blob store live here, not in the working tree.
+        .env("SLUICE_DATA_DIR", data.path())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -160,3 +165,30 @@ async fn bad_configuration_exits_2_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_conections"), "{err}");
 }
+
+/// The Kubernetes settings are checked by the binary that links the provisioner; a typo
+/// there must stop the server naming the key, like any other configuration error.
+#[tokio::test]
+async fn a_bad_kubernetes_provisioner_setting_stops_the_server_naming_it() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("server")
+        .env("SLUICE_DATABASE__URL", "postgres://127.0.0.1:1/x")
+        .env("SLUICE_PROVISIONER__KIND", "kubernetes")
+        .env(
+            "SLUICE_PROVISIONER__KUBERNETES__IMAGE_PULL_POLICI",
+            "Always",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("provisioner.kubernetes") && err.contains("image_pull_polici"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[path = "server/crash.rs"]
+mod crash;

@@ -37,6 +37,10 @@ enum Command {
     /// Platform operator tasks.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The platform operator's billing commands: rate, reconcile, export, price-book
+    /// (against the database, so they work while the API is down).
+    #[command(subcommand)]
+    Billing(sluice_control_plane::service::billing_ops::BillingCmd),
     /// Print the OpenAPI document of the API (what `openapi/openapi.json` holds).
     Openapi,
     #[command(flatten)]
@@ -151,14 +155,43 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             println!("api secret:   {}", done.secret);
             Ok(())
         }
+        Command::Billing(cmd) => {
+            let db = store::connect(&cfg.database).await?;
+            let done = sluice_control_plane::service::billing_ops::run(
+                &db,
+                &cfg.regions,
+                cmd,
+                &mut std::io::stdout(),
+            )
+            .await;
+            db.close().await;
+            done
+        }
         Command::Server => {
-            let running = server::start(cfg).await.context("start the server")?;
+            // Installed before anything listens: a SIGTERM that arrives as soon as the
+            // server answers must find the handler, not the default action.
+            let signals = server::shutdown_signals()?;
+            tokio::pin!(signals);
+            let provisioner = kubernetes_provisioner(&cfg).await?;
+            let engine = sluice_control_plane::reconcile::engine_from_config(
+                &cfg,
+                std::sync::Arc::new(S3Opener(s3_options(&cfg))),
+                provisioner,
+            )
+            .await
+            .context("set up provisioning")?;
+            let injected = server::Injected {
+                engine: Some(engine),
+            };
+            let running = server::start_with(cfg, injected)
+                .await
+                .context("start the server")?;
             tracing::info!(addr = %running.addr, "sluice server listening");
             let task = running.task;
             tokio::pin!(task);
             tokio::select! {
-                sig = server::shutdown_signal() => {
-                    tracing::info!(signal = sig?, "shutting down");
+                sig = &mut signals => {
+                    tracing::info!(signal = sig, "shutting down");
                     running.shutdown.cancel();
                     task.await.context("server task")??;
                 }
@@ -168,4 +201,62 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens `file://` and `s3://` storage for the control plane (the library links no S3 client).
+struct S3Opener(sluice_blob_s3::OpenOptions);
+
+#[async_trait::async_trait]
+impl sluice_control_plane::service::savepoint_runtime::BlobOpener for S3Opener {
+    async fn open(
+        &self,
+        uri: &str,
+    ) -> Result<std::sync::Arc<dyn sluice_blob::BlobStore>, sluice_blob::BlobError> {
+        sluice_blob_s3::open(uri, &self.0).await
+    }
+}
+
+/// S3 settings from `storage.engine_env` (the engines' own `S3_ENDPOINT`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`), so the control plane
+/// reads the same store the engines write.
+fn s3_options(cfg: &Config) -> sluice_blob_s3::OpenOptions {
+    let env = |k: &str| {
+        cfg.storage
+            .engine_env
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let s3 = match env("S3_ENDPOINT") {
+        Some(endpoint) => sluice_blob_s3::S3Options::compatible(
+            &endpoint,
+            &env("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+            &env("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+            &env("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+        ),
+        None => sluice_blob_s3::S3Options {
+            region: env("AWS_REGION"),
+            force_path_style: true,
+            ..sluice_blob_s3::S3Options::default()
+        },
+    };
+    sluice_blob_s3::OpenOptions { s3 }
+}
+
+/// The Kubernetes provisioner when the configuration asks for it; the local one is built by
+/// the library, which does not link the Kubernetes client.
+async fn kubernetes_provisioner(
+    cfg: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<dyn sluice_provisioner::Provisioner>>> {
+    if cfg.provisioner.kind != sluice_control_plane::config::ProvisionerKind::Kubernetes {
+        return Ok(None);
+    }
+    let k8s: sluice_provisioner_k8s::K8sConfig = serde_json::from_value(serde_json::Value::Object(
+        cfg.provisioner.kubernetes.clone(),
+    ))
+    .context("provisioner.kubernetes")?;
+    let p = sluice_provisioner_k8s::K8sProvisioner::connect(k8s)
+        .await
+        .context("connect the Kubernetes provisioner")?;
+    Ok(Some(std::sync::Arc::new(p)))
 }

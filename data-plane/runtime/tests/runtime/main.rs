@@ -1,0 +1,8 @@
+//! The runtime's integration tests, one binary (each extra binary costs link
+//! time and disk): golden operator tests, and checkpoint/restore of whole jobs
+//! against the filesystem blob store.
+
+mod checkpoints;
+mod golden;
+mod golden_dedup_json;
+mod testconn;
