@@ -109,6 +109,25 @@ pub async fn start_with(cfg: Config, injected: Injected) -> anyhow::Result<Runni
             shutdown.clone(),
         )
     });
+    // Keys older than their lifetime name new requests (store::idempotency): purged hourly.
+    let idempotency_purge = {
+        let db = db.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match crate::store::idempotency::purge(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "expired idempotency keys purged"),
+                    Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                }
+            }
+        })
+    };
     let app = http::router(AppState {
         db: db.clone(),
         svc,
@@ -119,6 +138,9 @@ pub async fn start_with(cfg: Config, injected: Injected) -> anyhow::Result<Runni
     let task = tokio::spawn(async move {
         let served = http::serve(listener, app, token.clone(), grace).await;
         token.cancel();
+        if let Err(e) = idempotency_purge.await {
+            tracing::error!(error = %e, "the idempotency purge task failed");
+        }
         if let Some(pass) = budget_pass
             && let Err(e) = pass.await
         {

@@ -424,10 +424,13 @@ impl LocalProvisioner {
         let log = std::fs::File::create(dir.join("log"))?;
         let log2 = log.try_clone()?;
         // The wrapper waits for the engine and writes its exit code and time, even when
-        // no control plane is alive to watch.
+        // no control plane is alive to watch. It also touches `alive` every second: when the
+        // whole group is killed while no control plane watches (no `exit` gets written), the
+        // last heartbeat bounds the time of death instead of the moment somebody noticed.
         const WRAPPER: &str = r#""$@" &
 child=$!
 echo "$child" > "$SLUICE_PROC_DIR/pid"
+(while kill -0 "$child" 2>/dev/null; do : > "$SLUICE_PROC_DIR/alive"; sleep 1; done) &
 wait "$child"
 code=$?
 printf '%s %s\n' "$code" "$(date -u +%s.%N)" > "$SLUICE_PROC_DIR/exit.tmp"
@@ -681,9 +684,12 @@ fn reap(c: &mut Cluster) -> bool {
         c.children.remove(&p.pid);
         let (code, at) = match read_exit(&p.dir) {
             Some((code, at)) => (Some(code), at),
-            // The wrapper itself was killed (SIGKILL to the group): its death is the exit,
-            // observed now.
-            None => (status.and_then(|s| s.code()), Utc::now()),
+            // The wrapper itself was killed (SIGKILL to the group): it died within a second
+            // of its last heartbeat; without one (a record older than heartbeats), now.
+            None => (
+                status.and_then(|s| s.code()),
+                last_heartbeat(&p.dir).unwrap_or_else(Utc::now),
+            ),
         };
         p.exited_at = Some(at.max(p.started_at));
         p.exit_code = code;
@@ -691,6 +697,11 @@ fn reap(c: &mut Cluster) -> bool {
         changed = true;
     }
     changed
+}
+
+fn last_heartbeat(dir: &Path) -> Option<DateTime<Utc>> {
+    let modified = std::fs::metadata(dir.join("alive")).ok()?.modified().ok()?;
+    Some(DateTime::<Utc>::from(modified))
 }
 
 fn read_exit(dir: &Path) -> Option<(i32, DateTime<Utc>)> {

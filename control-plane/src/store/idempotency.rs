@@ -125,3 +125,23 @@ pub async fn release(
     .await?;
     Ok(())
 }
+
+/// Deletes keys past their 24 hours (they can no longer be replayed), in batches so that a
+/// large backlog never holds one long transaction. Returns how many were deleted.
+pub async fn purge(db: &sqlx::PgPool) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN (
+                 SELECT ctid FROM idempotency_keys
+                 WHERE created_at < now() - interval '24 hours' LIMIT 10000)",
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        total += n;
+        if n < 10_000 {
+            return Ok(total);
+        }
+    }
+}

@@ -372,6 +372,36 @@ async fn an_idempotency_key_older_than_a_day_names_a_new_request() {
     assert_eq!(second.status, 201, "{}", second.body);
     assert_eq!(second.body["name"], "second");
     assert!(second.headers.get("idempotent-replayed").is_none());
+    // Expired keys are purged; fresh ones (the second request's) stay replayable.
+    let db = app.db().await;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (org_id, principal_id, key, request_sha256, created_at)
+         SELECT org_id, principal_id, 'old-' || g, request_sha256, now() - interval '25 hours'
+         FROM idempotency_keys, generate_series(1, 3) g",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        sluice_control_plane::store::idempotency::purge(&db)
+            .await
+            .unwrap(),
+        3
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+    db.close().await;
+    assert_eq!(
+        post("second")
+            .await
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
 }
 
 #[tokio::test]

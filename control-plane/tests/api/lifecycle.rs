@@ -20,7 +20,7 @@ use sluice_client::Client;
 use crate::admission::{wait_phase, wait_status};
 use crate::cluster::{Storage, clusters, engine_app};
 
-fn job_sql(bootstrap: &str, input: &str, output: &str, tag: &str) -> String {
+pub(crate) fn job_sql(bootstrap: &str, input: &str, output: &str, tag: &str) -> String {
     format!(
         "CREATE TABLE clicks (\n  user_id BIGINT,\n  url STRING,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND\n) WITH ('connector' = 'kafka', 'topic' = '{input}', 'properties.bootstrap.servers' = '{bootstrap}', 'properties.group.id' = 'g-{input}', 'scan.startup.mode' = 'earliest-offset', 'format' = 'json');\n\
          CREATE TABLE enriched (user_id BIGINT, url STRING, tag STRING, n BIGINT) WITH ('connector' = 'kafka', 'topic' = '{output}', 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');\n\
@@ -28,14 +28,14 @@ fn job_sql(bootstrap: &str, input: &str, output: &str, tag: &str) -> String {
     )
 }
 
-const USERS: i64 = 3;
+pub(crate) const USERS: i64 = 3;
 
 type At = chrono::DateTime<chrono::Utc>;
 /// run_id, kpu_milli, started_at, ended_at, closed_by.
 type SpanRow = (String, i64, At, Option<At>, Option<String>);
 
 /// The broker does not create topics on first use.
-async fn create_topics(bootstrap: &str, topics: &[&str]) {
+pub(crate) async fn create_topics(bootstrap: &str, topics: &[&str]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -58,7 +58,7 @@ async fn create_topics(bootstrap: &str, topics: &[&str]) {
 }
 
 /// Clicks `from..to` (ids), round-robin over the users, event time increasing.
-fn produce(bootstrap: &str, topic: &str, from: i64, to: i64) {
+pub(crate) fn produce(bootstrap: &str, topic: &str, from: i64, to: i64) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -124,7 +124,7 @@ fn consume_until(
     seen
 }
 
-async fn op_done(client: &Client, op: &str) {
+pub(crate) async fn op_done(client: &Client, op: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let o = client.get_operation(op).await.unwrap();

@@ -22,6 +22,7 @@ mod latency;
 mod leader;
 mod lifecycle;
 mod openapi;
+mod restore;
 mod roles;
 mod savepoints;
 mod tenancy;

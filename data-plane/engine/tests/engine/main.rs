@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cluster;
 mod files;
+mod kill_campaign;
 mod seed_kafka;
 
 use std::path::Path;
