@@ -14,8 +14,8 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_api_types::{
     Admission, CheckpointMode, CheckpointSpec, CreateApplication, CreateComputePool,
-    CreateSavepoint, DesiredState, RestoreMode, RestoreSpec, SavepointId, StopRequest,
-    UpdateApplication,
+    CreateSavepoint, DesiredState, RestoreMode, RestoreSpec, RollbackRequest, SavepointId,
+    StopRequest, UpdateApplication,
 };
 use sluice_client::Client;
 
@@ -305,4 +305,37 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     }
     let most = seen.keys().map(|k| k.1).max().unwrap();
     assert!(most <= 90 / USERS, "a count above 90 clicks' worth: {most}");
+
+    // Roll back to version 1 (the "v1" SQL, restore `latest`): ROLLING_BACK stops the running
+    // job with a savepoint and starts the old spec from it, so the counts go on from A +
+    // batches 2 and 3 rather than from A again or from nothing.
+    let op = client
+        .application_action(
+            &id,
+            "rollback",
+            Some(&RollbackRequest {
+                to_version: Some(1),
+            }),
+        )
+        .await
+        .unwrap();
+    op_done(&client, op.id.as_str()).await;
+    wait_status(&app, &org.admin, &id, "RUNNING", |s| s["generation"] == 3).await;
+    produce(&bootstrap, &input, 90, 120);
+    let seen = read_until(&bootstrap, &output, "batch 4 after the rollback", |s| {
+        has(s, 90..114, "v1")
+    });
+    for i in 90..114 {
+        assert_eq!(
+            seen[&key(i)].iter().map(String::as_str).collect::<Vec<_>>(),
+            ["v1"],
+            "click {i} {:?}",
+            key(i)
+        );
+    }
+    let most = seen.keys().map(|k| k.1).max().unwrap();
+    assert!(
+        most <= 120 / USERS,
+        "a count above 120 clicks' worth: {most}"
+    );
 }
