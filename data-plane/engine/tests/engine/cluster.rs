@@ -114,6 +114,22 @@ pub(crate) struct JmOpts<'a> {
     pub(crate) extra: &'a [&'a str],
 }
 
+impl Default for JmOpts<'_> {
+    /// Generation 1 at parallelism 2, checkpoints every 200 ms, a fresh start, no token.
+    fn default() -> Self {
+        JmOpts {
+            generation: 1,
+            parallelism: 2,
+            interval_ms: 200,
+            restore: "none",
+            rpc_addr: None,
+            token_file: None,
+            env: &[],
+            extra: &[],
+        }
+    }
+}
+
 pub(crate) async fn start_jm(
     dir: &Path,
     job: &Path,
@@ -304,14 +320,8 @@ async fn two_taskmanagers_run_the_job_like_run_and_rest_speaks_flink() {
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
             interval_ms: 100,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
-            extra: &[],
+            ..JmOpts::default()
         },
     )
     .await;
@@ -450,23 +460,7 @@ async fn a_killed_taskmanager_is_replaced_and_the_job_restarts_from_its_checkpoi
     let job = write_job(dir.path(), rows, 4000, &out);
     let id = job_id();
     let ckpt = format!("file://{}/job", dir.path().display());
-    let jm = start_jm(
-        dir.path(),
-        &job,
-        &id,
-        &ckpt,
-        JmOpts {
-            generation: 1,
-            parallelism: 2,
-            interval_ms: 200,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
-            extra: &[],
-        },
-    )
-    .await;
+    let jm = start_jm(dir.path(), &job, &id, &ckpt, JmOpts::default()).await;
     start_tm(&jm.rpc, "a", 1, dir.path(), None);
     let b = start_tm(&jm.rpc, "b", 1, dir.path(), None);
     jm.wait_state(&id, "RUNNING").await;
@@ -575,14 +569,9 @@ async fn savepoints_and_stop_through_rest_with_a_token() {
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
             interval_ms: 0,
-            restore: "none",
-            rpc_addr: None,
             token_file: Some(&token),
-            env: &[],
-            extra: &[],
+            ..JmOpts::default()
         },
     )
     .await;
@@ -722,14 +711,8 @@ async fn checkpoints_on_s3_survive_a_taskmanager_kill() {
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
-            interval_ms: 200,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
             env: &env,
-            extra: &[],
+            ..JmOpts::default()
         },
     )
     .await;
@@ -795,23 +778,7 @@ async fn a_silent_taskmanager_is_declared_lost_by_heartbeat_and_an_orphan_gives_
     let job = write_job(dir.path(), rows, 2000, &out);
     let id = job_id();
     let ckpt = format!("file://{}/job", dir.path().display());
-    let jm = start_jm(
-        dir.path(),
-        &job,
-        &id,
-        &ckpt,
-        JmOpts {
-            generation: 1,
-            parallelism: 2,
-            interval_ms: 200,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
-            extra: &[],
-        },
-    )
-    .await;
+    let jm = start_jm(dir.path(), &job, &id, &ckpt, JmOpts::default()).await;
     // `a` listens for data on the wildcard address: it advertises the address it reaches
     // the JobManager from.
     let a = start_tm_with(
@@ -1000,14 +967,8 @@ FROM events;
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
             interval_ms: 500,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
-            extra: &[],
+            ..JmOpts::default()
         },
     )
     .await;
@@ -1084,15 +1045,9 @@ async fn resource_requirements_rescale_a_running_job_from_its_checkpoint() {
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
-            interval_ms: 200,
-            restore: "none",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
             // RocksDB state: its canonical snapshots restore at another parallelism too.
             extra: &["--state-backend", "rocksdb"],
+            ..JmOpts::default()
         },
     )
     .await;

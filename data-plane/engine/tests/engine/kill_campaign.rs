@@ -359,14 +359,9 @@ async fn sigkills_and_failpoints_lose_and_duplicate_nothing() {
         &id,
         &ckpt,
         JmOpts {
-            generation: 1,
-            parallelism: 2,
-            interval_ms: 200,
             restore: "latest",
-            rpc_addr: None,
-            token_file: None,
-            env: &[],
             extra: JM_EXTRA,
+            ..JmOpts::default()
         },
     )
     .await;
