@@ -40,6 +40,9 @@ pub type StateFactoryBuilder = Arc<dyn Fn(&str, &Path) -> Result<StateFactory> +
 pub struct Services {
     pub connectors: Connectors,
     pub state: StateFactoryBuilder,
+    /// Native (incremental) snapshots of a backend (`memory`, `rocksdb`): see
+    /// `sluice_runtime::task::NativeSnapshots`.
+    pub native: Arc<dyn Fn(&str) -> sluice_runtime::task::NativeSnapshots + Send + Sync>,
 }
 
 /// The job settings every subtask shares, from the plan's `SET` statements and the flags.

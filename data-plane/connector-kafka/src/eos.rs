@@ -9,9 +9,20 @@
 //! producer with that id and aborts its open transaction). The same
 //! transaction moves a marker: the committed offset of consumer group
 //! `{prefix}-{sink_uid}-{subtask}-commits` on partition 0 of the sink topic is
-//! set to the checkpoint id with `send_offsets_to_transaction`. Before
+//! set to the checkpoint's commit sequence (generation and checkpoint id, see
+//! `PendingCommit::sequence`) with `send_offsets_to_transaction`. Before
 //! producing, `commit` reads that offset and skips a checkpoint it already
-//! covers, so a repeated commit never duplicates. `subtask` is the one that
+//! covers, so a repeated commit never duplicates.
+//!
+//! The marker can only be trusted once no transaction of a crashed attempt is
+//! open on the sink's partitions: tansu applies a committed transaction's
+//! offsets only when every other transaction on the same partitions has ended
+//! (a dead producer's open transaction holds them back until its transactional
+//! id is initialised again). So after a restore, `recover` initialises the
+//! producers of every origin subtask it takes over (which aborts what they
+//! left open), and the task layer re-commits restored committables only with
+//! the attempt's first completed checkpoint, when every sink subtask has done
+//! that. `subtask` is the one that
 //! wrote the records (kept in the committable), so any subtask of a rescaled
 //! job can commit an old subtask's records under the old marker.
 //!
@@ -22,6 +33,8 @@
 //! means no records.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -140,10 +153,18 @@ pub(crate) struct Eos {
     pub(crate) pending: Pending,
     /// Initialised transactional producers by origin subtask.
     txns: HashMap<usize, Txn>,
+    /// The attempt was cancelled: a commit in progress stops.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Eos {
-    pub(crate) fn new(topic: &str, prefix: &str, sink_uid: &str, subtask: usize) -> Self {
+    pub(crate) fn new(
+        topic: &str,
+        prefix: &str,
+        sink_uid: &str,
+        subtask: usize,
+        cancelled: Arc<AtomicBool>,
+    ) -> Self {
         Eos {
             topic: topic.to_string(),
             prefix: prefix.to_string(),
@@ -154,6 +175,7 @@ impl Eos {
                 count: 0,
             },
             txns: HashMap::new(),
+            cancelled,
         }
     }
 
@@ -201,19 +223,36 @@ impl Eos {
         )
     }
 
+    /// Initialises the transactional producers of `origins` and of this subtask:
+    /// `init_transactions` aborts what a crashed producer with that id left open.
+    pub(crate) fn fence(&mut self, t: &TableDef, origins: &[usize]) -> Result<()> {
+        let mut all = origins.to_vec();
+        all.push(self.subtask);
+        all.sort_unstable();
+        all.dedup();
+        for o in all {
+            self.txn(t, o)?;
+            tracing::debug!(
+                "kafka sink {}: fenced subtask {o}'s producer",
+                self.sink_uid
+            );
+        }
+        Ok(())
+    }
+
     /// Produces the committable's records in one transaction; with a
     /// checkpoint id, moves the marker in it and skips if it is there already.
     pub(crate) fn commit(
         &mut self,
         t: &TableDef,
-        checkpoint_id: Option<u64>,
+        sequence: Option<u64>,
         committable: &[u8],
     ) -> Result<()> {
         if committable.is_empty() {
             return Ok(());
         }
         let (origin, recs) = decode(committable).map_err(|e| err(t, e))?;
-        let res = self.commit_records(t, origin, checkpoint_id, &recs);
+        let res = self.commit_records(t, origin, sequence, &recs);
         if res.is_err() {
             // A producer in an unknown transaction state is not reused: the
             // next attempt makes a new one, whose init_transactions aborts it.
@@ -226,7 +265,7 @@ impl Eos {
         &mut self,
         t: &TableDef,
         origin: usize,
-        checkpoint_id: Option<u64>,
+        sequence: Option<u64>,
         recs: &[Record<'_>],
     ) -> Result<()> {
         let topic = self.topic.clone();
@@ -237,10 +276,16 @@ impl Eos {
             .txns
             .get(&origin)
             .ok_or_else(|| err(t, "transactional producer vanished".into()))?;
-        if let Some(cp) = checkpoint_id
-            && self.committed(t, txn)? >= cp as i64
-        {
-            return Ok(());
+        if let Some(cp) = sequence {
+            let marker = self.committed(t, txn)?;
+            tracing::debug!(
+                "kafka sink {}: commit {cp:#x} of subtask {origin}, {} records, marker at {marker:#x}",
+                self.sink_uid,
+                recs.len()
+            );
+            if marker >= cp as i64 {
+                return Ok(());
+            }
         }
         let p = &txn.producer;
         let fail = |what: &str, e: String| {
@@ -261,9 +306,14 @@ impl Eos {
         p.begin_transaction()
             .map_err(|e| err(t, format!("begin_transaction: {e}")))?;
         for r in recs {
+            // A big commit is not finished when the attempt is cancelled meanwhile: it is
+            // aborted, and the restore commits the same records again.
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Err(fail("producing", "the attempt was cancelled".into()));
+            }
             send(p, &topic, r.partition, r.key, r.value).map_err(|e| fail("producing", e))?;
         }
-        if let Some(cp) = checkpoint_id {
+        if let Some(cp) = sequence {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, 0, Offset::Offset(cp as i64))
                 .map_err(|e| fail("marker offset", e.to_string()))?;
@@ -276,6 +326,12 @@ impl Eos {
         }
         p.commit_transaction(T)
             .map_err(|e| fail("commit_transaction", e.to_string()))?;
+        tracing::debug!(
+            "kafka sink {}: committed {:?} of subtask {origin}, {} records",
+            self.sink_uid,
+            sequence.map(|s| format!("{s:#x}")),
+            recs.len()
+        );
         Ok(())
     }
 }

@@ -104,7 +104,13 @@ impl KafkaSink {
                 })?;
             (
                 None,
-                Some(Eos::new(&topic, prefix, &sc.sink_uid, sc.subtask)),
+                Some(Eos::new(
+                    &topic,
+                    prefix,
+                    &sc.sink_uid,
+                    sc.subtask,
+                    sc.cancelled.clone(),
+                )),
             )
         } else {
             let mut cfg = client_config(t);
@@ -257,14 +263,21 @@ impl SinkWriter for KafkaSink {
         }
     }
 
-    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+    fn recover(&mut self, origins: &[usize]) -> Result<()> {
         match self.eos.as_mut() {
-            Some(eos) => eos.commit(&self.table, Some(checkpoint_id), committable),
+            Some(eos) => eos.fence(&self.table, origins),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, sequence: u64, committable: &[u8]) -> Result<()> {
+        match self.eos.as_mut() {
+            Some(eos) => eos.commit(&self.table, Some(sequence), committable),
             None if committable.is_empty() => Ok(()),
             None => Err(err(
                 &self.table,
                 format!(
-                    "checkpoint {checkpoint_id} holds an exactly-once committable but the sink is not exactly-once now ('sink.delivery-guarantee' changed?)"
+                    "commit {sequence:#x} holds an exactly-once committable but the sink is not exactly-once now ('sink.delivery-guarantee' changed?)"
                 ),
             )),
         }

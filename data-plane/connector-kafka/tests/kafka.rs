@@ -189,6 +189,7 @@ fn eos_sink(bootstrap: &str, topic: &str, prefix: &str, subtask: usize) -> Box<d
         job_id: "job-1".into(),
         sink_uid: PREFIX_UID.into(),
         exactly_once: true,
+        cancelled: Default::default(),
     };
     connectors()
         .get(&t)
@@ -314,6 +315,56 @@ fn exactly_once_sink_survives_every_crash_window() {
     assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
 }
 
+/// The kill campaign's duplicates: subtask 1 crashed inside a transaction (records
+/// produced, never ended) while subtask 0 committed checkpoint 1. tansu applies subtask
+/// 0's marker only once no other transaction on those partitions is open, so right
+/// after the crash the marker still says "nothing committed" although the records are
+/// committed; a restore that trusted it would commit them again. The task layer's
+/// restore first lets every restored sink subtask `recover` (which aborts subtask 1's
+/// dead transaction and settles the marker), then re-commits.
+#[test]
+fn a_restore_after_a_crash_inside_another_transaction_commits_once() {
+    let bootstrap = kafka().bootstrap_servers.clone();
+    let topic = unique_name("eos-late-");
+    let prefix = unique_name("tx-");
+    create_topic(&bootstrap, &topic, 2);
+
+    // Subtask 1 dies inside a transaction on both partitions.
+    let dead: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", format!("{prefix}-1"))
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    dead.init_transactions(T).unwrap_or_else(|e| panic!("{e}"));
+    dead.begin_transaction().unwrap_or_else(|e| panic!("{e}"));
+    for (i, p) in [(900, 0), (901, 1)] {
+        let v = format!("{{\"id\":{i}}}");
+        dead.send(BaseRecord::<(), _>::to(&topic).payload(&v).partition(p))
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+    dead.flush(T).unwrap_or_else(|e| panic!("{e}"));
+    std::mem::forget(dead);
+
+    // Subtask 0 commits checkpoint 1 (ids on both partitions), then crashes.
+    let mut a = eos_sink(&bootstrap, &topic, &prefix, 0);
+    a.write(&id_batch(1..=10)).unwrap_or_else(|e| panic!("{e}"));
+    let c1 = a.prepare_commit(1).unwrap_or_else(|e| panic!("{e}"));
+    a.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+    drop(a);
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=10);
+
+    // The restored attempt: both subtasks recover before either re-commits.
+    let mut r0 = eos_sink(&bootstrap, &topic, &prefix, 0);
+    let mut r1 = eos_sink(&bootstrap, &topic, &prefix, 1);
+    r0.recover(&[0]).unwrap_or_else(|e| panic!("{e}"));
+    r1.recover(&[1]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(marker_checkpoint(&bootstrap, &topic, &prefix, 0), 1);
+    r0.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=10);
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Aborted), 900..=901);
+    assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
+}
+
 #[test]
 fn only_a_sink_that_asks_for_it_is_exactly_once() {
     let bootstrap = kafka().bootstrap_servers.clone();
@@ -339,6 +390,7 @@ fn only_a_sink_that_asks_for_it_is_exactly_once() {
         job_id: "job-1".into(),
         sink_uid: PREFIX_UID.into(),
         exactly_once: true,
+        cancelled: Default::default(),
     };
     // Exactly-once without a transactional id prefix is refused.
     let t = table(", 'sink.delivery-guarantee' = 'exactly-once'");

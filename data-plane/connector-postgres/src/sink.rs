@@ -310,6 +310,8 @@ impl JdbcSink {
                     job_id text NOT NULL,
                     sink_uid text NOT NULL,
                     subtask integer NOT NULL,
+                    -- the commit sequence (generation << 32 | checkpoint id) of the
+                    -- last commit: named so when it was only the checkpoint id
                     checkpoint_id bigint NOT NULL,
                     committed_at timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (job_id, sink_uid, subtask))"
@@ -481,12 +483,12 @@ impl SinkWriter for JdbcSink {
         Ok(encode_committable(self.subtask, &rows))
     }
 
-    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+    fn commit(&mut self, sequence: u64, committable: &[u8]) -> Result<()> {
         if committable.is_empty() {
             return Ok(());
         }
         let (origin, rows) = decode_committable(committable)
-            .map_err(|e| self.err(format!("checkpoint {checkpoint_id}: {e}")))?;
+            .map_err(|e| self.err(format!("commit {sequence:#x}: {e}")))?;
         self.ensure_marker_table()?;
         let (insert, delete, pk) = (
             self.sql.insert.clone(),
@@ -494,10 +496,10 @@ impl SinkWriter for JdbcSink {
             self.pk.clone(),
         );
         let (job, uid) = (self.job_id.clone(), self.sink_uid.clone());
-        let cp = i64::try_from(checkpoint_id)
-            .map_err(|_| self.err(format!("checkpoint id {checkpoint_id} too large")))?;
+        let cp = i64::try_from(sequence)
+            .map_err(|_| self.err(format!("commit sequence {sequence:#x} too large")))?;
         self.with_conn(
-            &format!("committing checkpoint {checkpoint_id} of subtask {origin}"),
+            &format!("committing {sequence:#x} of subtask {origin}"),
             async move |c| {
                 let mut tx = c.begin().await?;
                 let ins = format!(

@@ -100,6 +100,7 @@ fn sink(t: &TableDef, updating: bool, subtask: usize, exactly_once: bool) -> Box
         job_id: "job-1".into(),
         sink_uid: "0-out".into(),
         exactly_once,
+        cancelled: Default::default(),
     };
     let mut c = Connectors::default();
     sluice_connector_postgres::register(&mut c);
@@ -328,6 +329,7 @@ fn an_updating_query_needs_a_primary_key() {
         job_id: "j".into(),
         sink_uid: "0-out".into(),
         exactly_once: false,
+        cancelled: Default::default(),
     };
     let mut c = Connectors::default();
     sluice_connector_postgres::register(&mut c);

@@ -57,10 +57,12 @@ pub struct FileSource {
     done: Vec<String>,
     current: usize,
     file: Option<File>,
-    /// Offset in the current file of the end of what was read; `carry` is the
-    /// unemitted tail of it.
+    /// Offset in the current file of the end of what was read; `buf[..tail]`
+    /// is the unemitted tail of it (a line cut by the last read).
     read_to: u64,
-    carry: Vec<u8>,
+    /// The tail stays at the front of `buf` and the next read lands right
+    /// after it, so whole lines are decoded in place, never copied.
+    tail: usize,
     buf: Vec<u8>,
     decoder: JsonDecoder,
     decoded: Vec<RecordBatch>,
@@ -152,7 +154,7 @@ pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
         current: 0,
         file: None,
         read_to: 0,
-        carry: Vec::new(),
+        tail: 0,
         buf: vec![0; CHUNK],
         decoder: JsonDecoder::new(
             ctx.schema.clone(),
@@ -186,9 +188,13 @@ impl SourceReader for FileSource {
             self.file = Some(f);
             self.read_to = start;
         }
+        // A line longer than CHUNK grows the buffer; it never shrinks back.
+        if self.buf.len() < self.tail + CHUNK {
+            self.buf.resize(self.tail + CHUNK, 0);
+        }
         let n = match self.file.as_mut() {
             Some(f) => f
-                .read(&mut self.buf)
+                .read(&mut self.buf[self.tail..self.tail + CHUNK])
                 .map_err(|e| err(&self.table, format!("reading {}: {e}", path.display())))?,
             None => 0,
         };
@@ -196,10 +202,11 @@ impl SourceReader for FileSource {
         let split = self.current;
         if n == 0 {
             // End of file: decode what is left (a last line without newline), move on.
-            let rest = std::mem::take(&mut self.carry);
+            let rest = &self.buf[..self.tail];
             if !rest.iter().all(|b| b.is_ascii_whitespace()) {
-                self.decoder.decode_lines(&rest, &mut self.decoded)?;
+                self.decoder.decode_lines(rest, &mut self.decoded)?;
             }
+            self.tail = 0;
             out.batches
                 .extend(self.decoded.drain(..).map(|b| (split, b)));
             out.finished_splits.push(split);
@@ -212,23 +219,19 @@ impl SourceReader for FileSource {
                 PollStatus::Active
             });
         }
-        let chunk = &self.buf[..n];
-        let cut = match chunk.iter().rposition(|b| *b == b'\n') {
-            Some(p) => p + 1,
+        let end = self.tail + n;
+        // The tail has no newline: only the new bytes can hold the last one.
+        let cut = match self.buf[self.tail..end].iter().rposition(|b| *b == b'\n') {
+            Some(p) => self.tail + p + 1,
             None => {
-                self.carry.extend_from_slice(chunk);
+                self.tail = end;
                 return Ok(PollStatus::Active);
             }
         };
-        if self.carry.is_empty() {
-            self.decoder
-                .decode_lines(&chunk[..cut], &mut self.decoded)?;
-        } else {
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(&chunk[..cut]);
-            self.decoder.decode_lines(&joined, &mut self.decoded)?;
-        }
-        self.carry.extend_from_slice(&chunk[cut..]);
+        self.decoder
+            .decode_lines(&self.buf[..cut], &mut self.decoded)?;
+        self.buf.copy_within(cut..end, 0);
+        self.tail = end - cut;
         out.batches
             .extend(self.decoded.drain(..).map(|b| (split, b)));
         Ok(PollStatus::Active)
@@ -241,7 +244,7 @@ impl SourceReader for FileSource {
         }
         for (i, (p, start)) in self.files.iter().enumerate().skip(self.current) {
             let off = if i == self.current && self.file.is_some() {
-                self.read_to - self.carry.len() as u64
+                self.read_to - self.tail as u64
             } else {
                 *start
             };
@@ -392,11 +395,11 @@ impl SinkWriter for FileSink {
         )
     }
 
-    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+    fn commit(&mut self, sequence: u64, committable: &[u8]) -> Result<()> {
         if committable.is_empty() {
             return Ok(());
         }
-        let bad = |m: String| err(&self.table, format!("checkpoint {checkpoint_id}: {m}"));
+        let bad = |m: String| err(&self.table, format!("commit {sequence:#x}: {m}"));
         let v: serde_json::Value = serde_json::from_slice(committable)
             .map_err(|e| bad(format!("committable is not JSON: {e}")))?;
         let files = v
@@ -447,4 +450,81 @@ pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     v.sort();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use sluice_runtime::connector::physical_schema;
+
+    fn source(dir: &Path, restore: Vec<Vec<u8>>) -> Box<dyn SourceReader> {
+        let sql = format!(
+            "CREATE TABLE src (id BIGINT, s STRING) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');\n\
+             CREATE TABLE snk (id BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO snk SELECT id FROM src;",
+            dir.display()
+        );
+        let plan = sluice_sql::plan(&sql).unwrap_or_else(|e| panic!("{e:?}"));
+        let table = plan.tables["src"].clone();
+        let ctx = SourceContext {
+            schema: physical_schema(&table),
+            table,
+            subtask: 0,
+            parallelism: 1,
+            restore,
+        };
+        create_source(&ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Reads until `stop` rows or the end; returns (id, length of s) per row and the position.
+    fn read(r: &mut dyn SourceReader, stop: usize) -> (Vec<(i64, usize)>, Vec<u8>) {
+        let mut rows = Vec::new();
+        loop {
+            let mut o = SourceOutput::default();
+            let s = r.poll(&mut o).unwrap_or_else(|e| panic!("{e}"));
+            for (_, b) in o.batches {
+                let ids = b.column(0).as_primitive::<Int64Type>();
+                let ss = b.column(1).as_string::<i32>();
+                rows.extend((0..b.num_rows()).map(|i| (ids.value(i), ss.value(i).len())));
+            }
+            if s == PollStatus::Finished || rows.len() >= stop {
+                return (rows, r.position());
+            }
+        }
+    }
+
+    #[test]
+    fn lines_across_reads_and_longer_than_a_read_are_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // Short lines straddle every CHUNK boundary; one line is longer than CHUNK; the last has
+        // no newline.
+        let mut text = String::new();
+        let mut expected = Vec::new();
+        for id in 0..200_000i64 {
+            let len = if id == 150_000 {
+                CHUNK + 12_345
+            } else {
+                (id % 37) as usize
+            };
+            text.push_str(&format!("{{\"id\":{id},\"s\":\"{}\"}}", "x".repeat(len)));
+            if id != 199_999 {
+                text.push('\n');
+            }
+            expected.push((id, len));
+        }
+        std::fs::write(dir.path().join("a.json"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = source(dir.path(), Vec::new());
+        let (rows, _) = read(r.as_mut(), usize::MAX);
+        assert_eq!(rows, expected);
+
+        // A position taken mid-file points just after the last emitted line: resuming there
+        // yields exactly the rest.
+        let mut r = source(dir.path(), Vec::new());
+        let (first, pos) = read(r.as_mut(), 1);
+        assert!(first.len() < expected.len());
+        let mut r = source(dir.path(), vec![pos]);
+        let (rest, _) = read(r.as_mut(), usize::MAX);
+        assert_eq!([first, rest].concat(), expected);
+    }
 }

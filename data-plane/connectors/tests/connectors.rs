@@ -281,6 +281,7 @@ fn fs_sink(
         job_id: "job-1".into(),
         sink_uid: "0-snk".into(),
         exactly_once,
+        cancelled: Default::default(),
     };
     let mut c = Connectors::default();
     sluice_connectors::register(&mut c);

@@ -143,7 +143,21 @@ fn config(args: &RunArgs, plan: &sluice_sql::JobPlan) -> Result<JobConfig> {
         }
         other => bail!("unknown --state-backend '{other}' (memory, rocksdb)"),
     }
+    cfg.native = native_snapshots(&args.state_backend);
     Ok(cfg)
+}
+
+/// RocksDB checkpoints are incremental (native files); any job can restore them,
+/// converted to the canonical format when it cannot open them as they are.
+fn native_snapshots(backend: &str) -> sluice_runtime::task::NativeSnapshots {
+    sluice_runtime::task::NativeSnapshots {
+        backend: (backend == "rocksdb").then(|| "rocksdb".to_string()),
+        converter: Some(Arc::new(
+            |dir: &std::path::Path, out: &mut dyn std::io::Write| {
+                sluice_state_rocksdb::native_to_canonical(dir, out)
+            },
+        )),
+    }
 }
 
 fn fmt_wm(w: Option<i64>) -> String {
@@ -297,6 +311,7 @@ fn cluster_services() -> sluice_cluster::Services {
                 other => bail!("unknown state backend '{other}' (memory, rocksdb)"),
             })
         }),
+        native: Arc::new(native_snapshots),
     }
 }
 
@@ -315,7 +330,14 @@ fn main() -> Result<()> {
             );
             print!("{plan}");
             if cfg.parallelism == 1 {
-                println!("(parallelism 1: exchanges are chained into one task per pipeline)");
+                println!(
+                    "(parallelism 1: exchanges are chained into one task per pipeline{})",
+                    if plan.pipelines.iter().any(|p| p.right.is_some()) {
+                        ", except at a join, whose two inputs are tasks of their own"
+                    } else {
+                        ""
+                    }
+                );
             }
             Ok(())
         }

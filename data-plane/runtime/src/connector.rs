@@ -84,6 +84,9 @@ pub struct SinkContext {
     pub sink_uid: String,
     /// The job checkpoints exactly-once and the sink asked for it.
     pub exactly_once: bool,
+    /// Set when this attempt is cancelled: a sink that waits on something outside
+    /// (a Kafka commit marker) stops waiting.
+    pub cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether a sink table asks for exactly-once delivery when the job checkpoints
@@ -114,9 +117,20 @@ pub trait SinkWriter: Send {
     }
     /// Phase 2, after the checkpoint's `_metadata` is written. Idempotent:
     /// it is called again with the same committable after a restore (the
-    /// crash may have come before or after the first commit).
-    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
-        let _ = (checkpoint_id, committable);
+    /// crash may have come before or after the first commit). `sequence` is
+    /// the checkpoint's [`PendingCommit::sequence`](crate::task::PendingCommit::sequence),
+    /// which grows across restores (checkpoint ids do not): the number to keep
+    /// as a commit marker.
+    fn commit(&mut self, sequence: u64, committable: &[u8]) -> Result<()> {
+        let _ = (sequence, committable);
+        Ok(())
+    }
+    /// After a restore, before anything is committed: fence whatever the crashed
+    /// attempt's subtasks `origins` (whose committables this subtask now owns) may have
+    /// left half-done, so that what the external system reports as committed is settled
+    /// when the restored committables are re-committed.
+    fn recover(&mut self, origins: &[usize]) -> Result<()> {
+        let _ = origins;
         Ok(())
     }
 }

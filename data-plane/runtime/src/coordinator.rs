@@ -81,7 +81,12 @@ pub struct CheckpointRecord {
     pub latest_ack_timestamp_ms: Option<u64>,
     pub end_timestamp_ms: Option<u64>,
     pub end_to_end_duration_ms: Option<u64>,
+    /// Bytes of every file the snapshot lists (shared ones included).
     pub state_size_bytes: u64,
+    /// Bytes uploaded for this snapshot (Flink's `checkpointed_size`): less than
+    /// `state_size_bytes` for an incremental checkpoint.
+    #[serde(default)]
+    pub checkpointed_size_bytes: u64,
     pub num_acknowledged_subtasks: usize,
     pub num_subtasks: usize,
     /// The snapshot's directory (relative to the blob store's root), once completed.
@@ -236,6 +241,7 @@ impl CheckpointCoordinator {
                     end_timestamp_ms: None,
                     end_to_end_duration_ms: None,
                     state_size_bytes: 0,
+                    checkpointed_size_bytes: 0,
                     num_acknowledged_subtasks: 0,
                     num_subtasks: self.subtasks.len(),
                     external_path: None,
@@ -328,6 +334,7 @@ impl CheckpointCoordinator {
             end_timestamp_ms: None,
             end_to_end_duration_ms: None,
             state_size_bytes: 0,
+            checkpointed_size_bytes: 0,
             num_acknowledged_subtasks: 0,
             num_subtasks: self.subtasks.len(),
             external_path: None,
@@ -449,10 +456,21 @@ impl CheckpointCoordinator {
         };
         let id = p.record.id;
         let subtasks: Vec<SubtaskState> = p.acks.values().cloned().collect();
-        let files: Vec<FileRef> = subtasks
-            .iter()
-            .flat_map(|s| s.operators.iter().map(|o| o.file.clone()))
-            .collect();
+        // Every file the snapshot needs is listed, so the metadata alone says what
+        // retention may delete and what a restore reads.
+        let mut files: Vec<FileRef> = Vec::new();
+        let mut shared: BTreeMap<String, FileRef> = BTreeMap::new();
+        for o in subtasks.iter().flat_map(|s| &s.operators) {
+            files.push(o.file.clone());
+            for f in o.native.iter().flat_map(|n| &n.files) {
+                if f.shared {
+                    shared.insert(f.file.path.clone(), f.file.clone());
+                } else {
+                    files.push(f.file.clone());
+                }
+            }
+        }
+        let uploaded: u64 = subtasks.iter().map(|s| s.uploaded_bytes).sum();
         let engine_state = EngineState {
             format: ENGINE_STATE_FORMAT,
             max_parallelism: self.max_parallelism,
@@ -470,7 +488,7 @@ impl CheckpointCoordinator {
             },
             created_at_ms: now_ms(),
             files,
-            shared_files: Vec::new(),
+            shared_files: shared.into_values().collect(),
             engine_state,
         };
         let committed = match &p.record.savepoint {
@@ -510,6 +528,7 @@ impl CheckpointCoordinator {
         }
         p.record.status = CheckpointStatus::Completed;
         p.record.state_size_bytes = metadata.size_bytes();
+        p.record.checkpointed_size_bytes = uploaded;
         p.record.external_path = Some(path);
         p.record.end_timestamp_ms = Some(now_ms());
         p.record.end_to_end_duration_ms = Some(p.started.elapsed().as_millis() as u64);

@@ -16,10 +16,12 @@ use crate::metrics::MetricsRegistry;
 use crate::operator::Operator;
 use crate::ops::dedup::DedupOp;
 use crate::ops::group::GroupOp;
+use crate::ops::join::IntervalJoinOp;
 use crate::ops::over::OverOp;
 use crate::ops::stateless::{FilterOp, ProjectOp};
 use crate::ops::window::WindowOp;
 use crate::task::local::LocalOptions;
+use crate::task::state::NativeSnapshots;
 
 /// Makes the keyed state backend of one operator subtask.
 pub type StateFactory =
@@ -43,6 +45,8 @@ pub struct JobConfig {
     pub state: StateFactory,
     /// A source split without data for this long stops holding the watermark back.
     pub idle_timeout: Option<Duration>,
+    /// Incremental checkpoints and restoring native snapshots (set with `state`).
+    pub native: NativeSnapshots,
 }
 
 impl JobConfig {
@@ -53,6 +57,7 @@ impl JobConfig {
             channel_capacity: 16,
             state: memory_state(),
             idle_timeout: None,
+            native: NativeSnapshots::default(),
         }
     }
 }
@@ -90,6 +95,16 @@ pub fn stage_output(stage: &Stage, input: &SchemaRef) -> SchemaRef {
                     .enumerate()
                     .map(|(i, a)| f(&format!("$agg{i}"), a.ty.clone())),
             );
+            Arc::new(Schema::new(v))
+        }
+        Stage::IntervalJoin { right_columns, .. } => {
+            // An outer join pads either side with NULLs.
+            let mut v: Vec<Field> = input
+                .fields()
+                .iter()
+                .map(|x| x.as_ref().clone().with_nullable(true))
+                .collect();
+            v.extend(right_columns.iter().map(|(n, t)| f(n, t.clone())));
             Arc::new(Schema::new(v))
         }
         Stage::GroupAggregate { keys, aggs } => {
@@ -176,6 +191,38 @@ pub fn build_operators(
                     *time,
                     *time_kind,
                     *keep_last,
+                    backend,
+                    late.clone(),
+                )?));
+            }
+            Stage::IntervalJoin {
+                kind,
+                left_keys,
+                right_keys,
+                left_time,
+                right_time,
+                lower_ms,
+                upper_ms,
+                right_columns,
+            } => {
+                let backend = (cfg.state)(cfg.max_parallelism, range()?)?;
+                let right = Arc::new(Schema::new(
+                    right_columns
+                        .iter()
+                        .map(|(n, t)| Field::new(n, t.clone(), true))
+                        .collect::<Vec<_>>(),
+                ));
+                ops.push(Box::new(IntervalJoinOp::new(
+                    *kind,
+                    schema.clone(),
+                    right,
+                    stage_output(s, &schema),
+                    left_keys.clone(),
+                    right_keys.clone(),
+                    *left_time,
+                    *right_time,
+                    *lower_ms,
+                    *upper_ms,
                     backend,
                     late.clone(),
                 )?));

@@ -17,6 +17,24 @@ pub trait Operator: Send {
 
     fn process(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> Result<()>;
 
+    /// A batch of input `input` of a two-input operator (a join: 0 left, 1
+    /// right), called on the first operator of a chain only. One-input
+    /// operators take input 0.
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        if input == 0 {
+            return self.process(batch, out);
+        }
+        Err(crate::error::RuntimeError::Task(format!(
+            "{} has one input but got a batch for input {input}",
+            self.name()
+        )))
+    }
+
     /// Called when the input's watermark advances; fires event-time timers, then forwards it.
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> Result<()> {
         out.watermark(watermark)
@@ -122,6 +140,28 @@ impl Chain {
             tail,
         }
         .collect(batch)
+    }
+
+    /// A batch of input `input` of the chain's first operator (a two-input
+    /// vertex's; input 0 is the same as [`Chain::process`]).
+    pub fn process_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        tail: &mut dyn Collector,
+    ) -> Result<()> {
+        if input == 0 {
+            return self.process(batch, tail);
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (head, rest) = self.ops.split_first_mut().ok_or_else(|| {
+            crate::error::RuntimeError::Task(format!(
+                "a batch for input {input} of a chain without operators"
+            ))
+        })?;
+        head.process_input(input, batch, &mut Link { ops: rest, tail })
     }
 
     pub fn watermark(&mut self, watermark: i64, tail: &mut dyn Collector) -> Result<()> {

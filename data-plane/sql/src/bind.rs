@@ -160,6 +160,18 @@ pub fn bind(e: &AstExpr, scope: &Scope) -> SqlResult<Expr> {
         AstExpr::Identifier(id) => bind_column(e, &id.value, scope),
         AstExpr::CompoundIdentifier(parts) => {
             let last = parts.last().map(|p| p.value.clone()).unwrap_or_default();
+            if scope.is_qualified() && parts.len() >= 2 {
+                // A join's scope names its columns `alias.column`: the qualifier decides the side.
+                let q = format!("{}.{last}", parts[parts.len() - 2].value);
+                return match scope.find(&q) {
+                    Some(i) => Ok(Expr::column(i, &scope.columns[i].0, &scope.columns[i].1)),
+                    None => Err(err(
+                        e,
+                        ErrorCode::UnknownColumn,
+                        format!("unknown column '{q}'; available: {}", scope.column_list()),
+                    )),
+                };
+            }
             bind_column(e, &last, scope)
         }
         AstExpr::Nested(inner) => bind(inner, scope),
@@ -488,7 +500,32 @@ pub fn bind(e: &AstExpr, scope: &Scope) -> SqlResult<Expr> {
 }
 
 fn bind_column(e: &AstExpr, name: &str, scope: &Scope) -> SqlResult<Expr> {
-    match scope.find(name) {
+    let found = match scope.find(name) {
+        Some(i) => Some(i),
+        None if scope.is_qualified() => {
+            // An unqualified name in a join: the one column of either input with that name.
+            let suffix = format!(".{}", name.to_lowercase());
+            let hits: Vec<usize> = (0..scope.columns.len())
+                .filter(|&i| scope.columns[i].0.to_lowercase().ends_with(&suffix))
+                .collect();
+            if hits.len() > 1 {
+                return Err(err(
+                    e,
+                    ErrorCode::UnknownColumn,
+                    format!(
+                        "column '{name}' is ambiguous ({}); qualify it with its table or alias",
+                        hits.iter()
+                            .map(|&i| scope.columns[i].0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            hits.first().copied()
+        }
+        None => None,
+    };
+    match found {
         Some(i) => Ok(Expr::column(i, &scope.columns[i].0, &scope.columns[i].1)),
         None => Err(err(
             e,

@@ -310,6 +310,9 @@ impl std::fmt::Display for Expr {
 pub struct Scope {
     pub columns: Vec<(String, DataType)>,
     pub replacements: Vec<(String, Expr)>,
+    /// Columns are named `alias.column` (the scope of a join): a qualified
+    /// reference must match its qualifier, an unqualified one must be unambiguous.
+    pub qualified: bool,
 }
 
 impl Scope {
@@ -317,6 +320,7 @@ impl Scope {
         Scope {
             columns,
             replacements: Vec::new(),
+            qualified: false,
         }
     }
 
@@ -324,6 +328,10 @@ impl Scope {
         self.columns
             .iter()
             .position(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    pub(crate) fn is_qualified(&self) -> bool {
+        self.qualified
     }
 
     pub(crate) fn column_list(&self) -> String {

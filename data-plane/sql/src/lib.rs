@@ -15,8 +15,19 @@
 //! unbounded `GROUP BY` producing a changelog; deduplication
 //! (`SELECT … FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY … ORDER BY
 //! <time attribute> ASC|DESC) AS rn FROM t) WHERE rn = 1`, see `dedup.rs`);
-//! `JSON_VALUE` with plain member/index paths, `RETURNING` and `ON EMPTY` /
-//! `ON ERROR` (see [`json_path`]).
+//! event-time interval joins of two tables with watermarks (`FROM a, b WHERE
+//! …`, `a [INNER] JOIN b ON …`, `a LEFT|RIGHT|FULL [OUTER] JOIN b ON …`: at
+//! least one equality between the inputs and both a lower and an upper bound
+//! on `a.t - b.t`, written with BETWEEN or comparisons and `± INTERVAL`; other
+//! conjuncts filter the joined rows; outer joins pad unmatched rows with NULLs
+//! once their interval has passed; see `join.rs`); `JSON_VALUE` with plain
+//! member/index paths, `RETURNING` and `ON EMPTY` / `ON ERROR` (see
+//! [`json_path`]).
+//!
+//! Rejected at plan time with their position: regular (unbounded) joins,
+//! CROSS/NATURAL/USING joins, processing-time joins, joins of more than two
+//! tables or of subqueries, predicates other than keys and time bounds in the
+//! ON of an outer join, aggregation over a join.
 //!
 //! Test: `dev/cargo test -p sluice-sql`.
 
@@ -27,6 +38,7 @@ mod dedup;
 mod error;
 mod expr;
 mod functions;
+mod join;
 pub mod json_path;
 mod options;
 mod parse;
@@ -43,7 +55,9 @@ pub use catalog::{Column, TableDef, WatermarkDef};
 pub use error::{ErrorCode, SqlError};
 pub use expr::{BinaryOp, Expr, Func, Literal, parse_timestamp_ms};
 pub use options::parse_duration_ms;
-pub use plan::{AggCall, AggFunc, Exchange, JobPlan, Pipeline, Stage, TimeKind, WindowKind};
+pub use plan::{
+    AggCall, AggFunc, Exchange, JobPlan, JoinInput, JoinKind, Pipeline, Stage, TimeKind, WindowKind,
+};
 
 /// What a valid job does, for the control plane to show and store.
 #[derive(Debug, Clone, Serialize)]

@@ -26,6 +26,18 @@ pub struct Pipeline {
     pub output: Vec<(String, String)>,
     /// True when the rows are a changelog (+I/-U/+U/-D) rather than append-only.
     pub updating: bool,
+    /// The second input of a two-input pipeline (the right side of an interval
+    /// join); `stages` then hold the left side up to its exchange, the join, and
+    /// what follows it.
+    pub right: Option<JoinInput>,
+}
+
+/// The right input of a join: a source table and its stages, ending in the
+/// hash exchange on the join keys.
+#[derive(Debug, Clone)]
+pub struct JoinInput {
+    pub source: String,
+    pub stages: Vec<Stage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +69,36 @@ pub enum WindowKind {
 pub enum TimeKind {
     Event,
     Processing,
+}
+
+/// Which rows of an interval join's inputs appear without a match (padded
+/// with NULLs once their interval has passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    LeftOuter,
+    RightOuter,
+    FullOuter,
+}
+
+impl JoinKind {
+    /// Whether unmatched rows of input `side` (0 left, 1 right) are emitted.
+    pub fn pads(self, side: usize) -> bool {
+        matches!(
+            (self, side),
+            (JoinKind::LeftOuter | JoinKind::FullOuter, 0)
+                | (JoinKind::RightOuter | JoinKind::FullOuter, 1)
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinKind::Inner => "inner",
+            JoinKind::LeftOuter => "left outer",
+            JoinKind::RightOuter => "right outer",
+            JoinKind::FullOuter => "full outer",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +147,24 @@ pub enum Stage {
     GroupAggregate {
         keys: Vec<usize>,
         aggs: Vec<AggCall>,
+    },
+    /// Interval join of the left input (this pipeline's rows) with the
+    /// pipeline's right input, both hash-partitioned on their keys: rows with
+    /// equal keys and `right.time + lower_ms <= left.time <= right.time + upper_ms`.
+    /// Output: the left columns, then the right ones; append-only; the output
+    /// watermark is the input's minus `max(-lower_ms, upper_ms)`. Outer joins
+    /// also emit each unmatched row of a padded side, with NULLs for the other
+    /// side, when the watermark passes the last time a match could arrive.
+    IntervalJoin {
+        kind: JoinKind,
+        left_keys: Vec<usize>,
+        right_keys: Vec<usize>,
+        left_time: usize,
+        right_time: usize,
+        lower_ms: i64,
+        upper_ms: i64,
+        /// Columns of the right input.
+        right_columns: Vec<(String, DataType)>,
     },
     /// `ROW_NUMBER() OVER (PARTITION BY keys ORDER BY time ASC|DESC) … WHERE rn = 1`.
     /// Output: the input columns. Keep-first is append-only; keep-last is a
@@ -202,6 +262,38 @@ impl std::fmt::Display for Stage {
                 time_kind,
                 if *keep_last { " (changelog)" } else { "" }
             ),
+            Stage::IntervalJoin {
+                kind,
+                left_keys,
+                right_keys,
+                left_time,
+                right_time,
+                lower_ms,
+                upper_ms,
+                right_columns,
+            } => write!(
+                f,
+                "IntervalJoin {} keys=[{}] = right[{}] right.#{right_time} + {lower_ms} ms <= #{left_time} <= right.#{right_time} + {upper_ms} ms right=[{}]",
+                kind.name(),
+                list(
+                    &left_keys
+                        .iter()
+                        .map(|k| format!("#{k}"))
+                        .collect::<Vec<_>>()
+                ),
+                list(
+                    &right_keys
+                        .iter()
+                        .map(|k| format!("#{k}"))
+                        .collect::<Vec<_>>()
+                ),
+                list(
+                    &right_columns
+                        .iter()
+                        .map(|(n, t)| format!("{n} {}", crate::types::sql_name(t)))
+                        .collect::<Vec<_>>()
+                ),
+            ),
             Stage::GroupAggregate { keys, aggs: a } => write!(
                 f,
                 "GroupAggregate (changelog) keys=[{}] aggs=[{}]",
@@ -224,7 +316,20 @@ impl std::fmt::Display for JobPlan {
                 if p.updating { " (updating)" } else { "" }
             )?;
             writeln!(f, "  Source {} [{}]", src.name, src.connector)?;
-            for s in &p.stages {
+            let join = p
+                .stages
+                .iter()
+                .position(|s| matches!(s, Stage::IntervalJoin { .. }));
+            for (i, s) in p.stages.iter().enumerate() {
+                if let (Some(j), Some(r)) = (join, &p.right)
+                    && i == j
+                {
+                    let rt = &self.tables[&r.source];
+                    writeln!(f, "  Right input: Source {} [{}]", rt.name, rt.connector)?;
+                    for s in &r.stages {
+                        writeln!(f, "    {s}")?;
+                    }
+                }
                 writeln!(f, "  {s}")?;
             }
             let out: Vec<String> = p.output.iter().map(|(n, t)| format!("{n} {t}")).collect();

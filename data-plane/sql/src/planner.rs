@@ -1,8 +1,9 @@
 //! `INSERT INTO sink SELECT …` → a [`Pipeline`]. The supported shapes are
 //! stateless (projection/filter), `OVER` running aggregates, windowing TVFs
 //! with `GROUP BY window_start, window_end, …`, unbounded `GROUP BY`
-//! (changelog), and deduplication over a `ROW_NUMBER()` subquery (planned in
-//! `dedup.rs`). Anything else is rejected with its position.
+//! (changelog), deduplication over a `ROW_NUMBER()` subquery (planned in
+//! `dedup.rs`) and interval joins of two tables (planned in `join.rs`).
+//! Anything else is rejected with its position.
 
 use std::collections::BTreeMap;
 
@@ -185,16 +186,15 @@ pub fn plan_insert(ins: &Insert, tables: &BTreeMap<String, TableDef>) -> SqlResu
             "HAVING",
         ));
     }
-    if select.from.len() != 1 {
+    if select.from.len() > 1 || select.from.first().is_some_and(|f| !f.joins.is_empty()) {
+        return crate::join::plan_join_insert(ins, sink, select, tables);
+    }
+    let Some(from) = select.from.first() else {
         return Err(unsupported(
             select.select_token.0.span,
-            "a SELECT must read exactly one table (comma joins are not supported)",
+            "a SELECT without FROM",
         ));
-    }
-    let from = &select.from[0];
-    if let Some(j) = from.joins.first() {
-        return Err(unsupported(j.relation.span(), "JOIN"));
-    }
+    };
     let (source_name, tvf) = match &from.relation {
         TableFactor::Table {
             name, args: None, ..
@@ -473,5 +473,6 @@ pub(crate) fn finish_pipeline(
         stages,
         output,
         updating,
+        right: None,
     })
 }

@@ -121,7 +121,7 @@ fn unsupported_construct_is_named() {
     let sql = format!(
         "{SRC}INSERT INTO snk SELECT a.user_id, CAST(1 AS BIGINT) FROM src a\n  JOIN src b ON a.user_id = b.user_id;"
     );
-    assert_error(&sql, ErrorCode::Unsupported, 8, 8, "JOIN");
+    assert_error(&sql, ErrorCode::Unsupported, 8, 8, "regular join");
 }
 
 #[test]
@@ -262,3 +262,5 @@ fn jdbc_is_an_upsert_sink_with_a_key_and_never_a_source() {
 
 #[path = "check/dedup_json.rs"]
 mod dedup_json;
+#[path = "check/join.rs"]
+mod join;

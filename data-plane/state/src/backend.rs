@@ -228,6 +228,19 @@ pub trait KeyedStateBackend: Send {
         namespace: &[u8],
     ) -> Result<()>;
 
+    /// Registers a timer the caller knows is not registered yet (it was created together with the
+    /// state it fires for): a backend may skip the duplicate check. Should it be registered after
+    /// all, it still fires once.
+    fn register_new_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        key: &[u8],
+        namespace: &[u8],
+    ) -> Result<()> {
+        self.register_timer(domain, time, key, namespace)
+    }
+
     /// Deletes a timer if it is registered.
     fn delete_timer(
         &mut self,

@@ -4,12 +4,13 @@
 //! the composite in a reused buffer and values are updated in place, so steady-state reads and updates
 //! neither allocate nor (de)serialise; only a new `(key, namespace)` allocates its entry.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::{KeyedStateBackend, PairVisitor, StateId, StateKind, TimeDomain, Timer};
 use crate::encoding::{ListItems, composite_key, push_list_item, split_composite};
 use crate::error::{Result, StateError};
-use crate::inline::{InlineKey, InlineValue};
+use crate::inline::{InlineKey, InlineValue, KEY_INLINE};
 use crate::keygroup::{KeyGroupRange, key_group_of};
 use std::io::Write;
 
@@ -215,6 +216,24 @@ impl KeyedStateBackend for MemoryBackend {
         let Data::Value(map) = data else {
             unreachable!("kind checked by locate")
         };
+        if composite.len() <= KEY_INLINE {
+            // An inline key costs no allocation to build, so the entry API can hash and probe once
+            // for the read, the insert and the delete alike (a window's first row and its firing).
+            match map.entry(InlineKey::new(composite)) {
+                Entry::Occupied(mut stored) => {
+                    if !stored.get_mut().update(fresh, update) {
+                        stored.remove();
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    fresh.clear();
+                    if update(fresh, false) {
+                        slot.insert(InlineValue::from_vec(fresh));
+                    }
+                }
+            }
+            return Ok(());
+        }
         match map.get_mut(composite) {
             Some(stored) => {
                 if !stored.update(fresh, update) {
@@ -399,6 +418,18 @@ impl KeyedStateBackend for MemoryBackend {
     ) -> Result<()> {
         self.check_key(key)?;
         self.timers.register(domain, time, key, namespace);
+        Ok(())
+    }
+
+    fn register_new_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        key: &[u8],
+        namespace: &[u8],
+    ) -> Result<()> {
+        self.check_key(key)?;
+        self.timers.register_new(domain, time, key, namespace);
         Ok(())
     }
 

@@ -1,16 +1,45 @@
 //! Timers of both backends, kept on the heap (like Flink's `HEAP` timer service): ordered by time for
 //! "fire everything ≤ t", deduplicated per `(domain, time, key, namespace)`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::{TimeDomain, Timer};
 use crate::encoding::{composite_key, split_composite};
 use crate::error::Result;
+use crate::inline::InlineKey;
 
 /// `(domain, time, key, namespace)` of each timer.
 pub type TimerVisitor<'a> = dyn FnMut(TimeDomain, i64, &[u8], &[u8]) -> Result<()> + 'a;
 
-type Bucket = HashSet<Box<[u8]>, foldhash::fast::RandomState>;
+/// The timers of one time. Composites are inline (no pointer to chase when a probe compares keys).
+#[derive(Clone, Default)]
+struct Bucket {
+    /// Timers registered with a lookup (a map to `()` for the entry API: one hash, one probe).
+    set: HashMap<InlineKey, (), foldhash::fast::RandomState>,
+    /// Timers the caller promised were new ([`TimerQueue::register_new`]): appended without a
+    /// probe, which in a table of 100k timers is a cache miss. Should the promise be broken, the
+    /// duplicate is dropped when the bucket is drained or visited; only `len` would count it.
+    appended: Vec<InlineKey>,
+}
+
+impl Bucket {
+    fn len(&self) -> usize {
+        self.set.len() + self.appended.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.appended.is_empty()
+    }
+
+    /// Every composite once, sorted.
+    fn into_sorted(self) -> Vec<InlineKey> {
+        let mut all: Vec<InlineKey> = self.set.into_keys().chain(self.appended).collect();
+        all.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
+        all.dedup_by(|a, b| a.as_slice() == b.as_slice());
+        all
+    }
+}
 
 /// Two time-ordered queues (event time, processing time). Timers at the same time share a bucket keyed
 /// by the `(key, namespace)` composite, so re-registering a timer (window operators do it per record)
@@ -41,12 +70,24 @@ impl TimerQueue {
         let mut scratch = std::mem::take(&mut self.scratch);
         composite_key(&mut scratch, key, namespace);
         let bucket = self.queue(domain).entry(time).or_default();
-        let new = !bucket.contains(scratch.as_slice());
-        if new {
-            bucket.insert(scratch.as_slice().into());
-        }
+        let new = match bucket.set.entry(InlineKey::new(&scratch)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(());
+                true
+            }
+        };
         self.scratch = scratch;
         new
+    }
+
+    /// Registers a timer the caller knows is not registered (see [`Bucket::appended`]).
+    pub fn register_new(&mut self, domain: TimeDomain, time: i64, key: &[u8], namespace: &[u8]) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        composite_key(&mut scratch, key, namespace);
+        let bucket = self.queue(domain).entry(time).or_default();
+        bucket.appended.push(InlineKey::new(&scratch));
+        self.scratch = scratch;
     }
 
     /// Returns whether the timer existed.
@@ -56,7 +97,12 @@ impl TimerQueue {
         let queue = self.queue(domain);
         let mut existed = false;
         if let Some(bucket) = queue.get_mut(&time) {
-            existed = bucket.remove(scratch.as_slice());
+            existed = bucket.set.remove(scratch.as_slice()).is_some();
+            let appended = bucket.appended.len();
+            bucket
+                .appended
+                .retain(|c| c.as_slice() != scratch.as_slice());
+            existed |= bucket.appended.len() != appended;
             if bucket.is_empty() {
                 queue.remove(&time);
             }
@@ -80,10 +126,8 @@ impl TimerQueue {
                 break;
             }
             let (time, bucket) = entry.remove_entry();
-            let mut composites: Vec<Box<[u8]>> = bucket.into_iter().collect();
-            composites.sort_unstable();
-            for composite in composites {
-                let (key, namespace) = split_composite(&composite)?;
+            for composite in bucket.into_sorted() {
+                let (key, namespace) = split_composite(composite.as_slice())?;
                 out.push(Timer {
                     domain,
                     time,
@@ -99,7 +143,7 @@ impl TimerQueue {
         self.queues
             .iter()
             .flat_map(|q| q.values())
-            .map(HashSet::len)
+            .map(Bucket::len)
             .sum()
     }
 
@@ -111,7 +155,17 @@ impl TimerQueue {
     pub fn for_each(&self, visit: &mut TimerVisitor<'_>) -> Result<()> {
         for domain in [TimeDomain::EventTime, TimeDomain::ProcessingTime] {
             for (&time, bucket) in &self.queues[usize::from(domain.tag())] {
-                for composite in bucket {
+                let mut composites: Vec<&[u8]> = bucket
+                    .set
+                    .keys()
+                    .chain(&bucket.appended)
+                    .map(InlineKey::as_slice)
+                    .collect();
+                if !bucket.appended.is_empty() {
+                    composites.sort_unstable();
+                    composites.dedup();
+                }
+                for composite in composites {
                     let (key, namespace) = split_composite(composite)?;
                     visit(domain, time, key, namespace)?;
                 }
@@ -143,5 +197,29 @@ mod tests {
         assert!(!q.delete(TimeDomain::EventTime, 20, b"b", b""));
         assert_eq!(q.next_time(TimeDomain::EventTime), None);
         assert_eq!(q.next_time(TimeDomain::ProcessingTime), Some(5));
+    }
+
+    #[test]
+    fn timers_registered_as_new_fire_once_even_if_they_were_not() {
+        let mut q = TimerQueue::new();
+        q.register_new(TimeDomain::EventTime, 10, b"b", b"w");
+        q.register_new(TimeDomain::EventTime, 10, b"a", b"w");
+        assert!(q.register(TimeDomain::EventTime, 10, b"c", b"w"));
+        // Broken promises: already there, from either path.
+        q.register_new(TimeDomain::EventTime, 10, b"a", b"w");
+        q.register_new(TimeDomain::EventTime, 10, b"c", b"w");
+        let mut seen = Vec::new();
+        q.for_each(&mut |_, time, key, ns| {
+            seen.push((time, key.to_vec(), ns.to_vec()));
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seen.len(), 3);
+        assert!(q.delete(TimeDomain::EventTime, 10, b"b", b"w"));
+        let mut out = Vec::new();
+        assert_eq!(q.drain(TimeDomain::EventTime, 10, &mut out).unwrap(), 2);
+        let keys: Vec<_> = out.iter().map(|t| t.key.clone()).collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec()]);
+        assert!(q.is_empty());
     }
 }

@@ -20,6 +20,7 @@ both_backends!(stale_generation_never_overwrites_or_shadows_newer, 120);
 both_backends!(commit_fenced_between_write_and_success, 60);
 both_backends!(takeover_while_the_old_writer_keeps_committing, 120);
 both_backends!(retention_keeps_last_n_and_removes_abandoned, 120);
+both_backends!(shared_files_live_while_a_kept_checkpoint_lists_them, 120);
 both_backends!(torn_files_and_metadata_are_detected, 60);
 both_backends!(savepoint_commit_load_and_dispose, 60);
 
@@ -366,6 +367,144 @@ async fn retention_keeps_last_n_and_removes_abandoned(store: Arc<dyn BlobStore>)
     );
     ensure!(matches!(
         g2.retain_last(0).await,
+        Err(CheckpointError::Invalid(_))
+    ));
+    Ok(())
+}
+
+/// Commits checkpoint `id` listing the shared files `shared` (names under `shared/`), uploading
+/// those in `upload` first, as an incremental checkpoint does.
+async fn incremental(
+    w: &CheckpointStore,
+    id: u64,
+    shared: &[&str],
+    upload: &[&str],
+) -> Result<CompletedCheckpoint> {
+    let dir = w.checkpoint_dir(id)?;
+    let own = w
+        .write_file(&dir, "op-1-0-of-1.native/MANIFEST", pattern(30, id))
+        .await?;
+    let mut refs = Vec::new();
+    for name in shared {
+        let path = format!("shared/op-1/0-of-1/{name}");
+        let data = pattern(100 + name.len(), u64::from(name.as_bytes()[0]));
+        if upload.contains(name) {
+            w.write_file(w.root(), &path, data.clone()).await?;
+        }
+        refs.push(FileRef {
+            path,
+            size_bytes: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+        });
+    }
+    let mut m = metadata(w.generation(), id, vec![own]);
+    m.shared_files = refs;
+    Ok(w.commit(&m).await?)
+}
+
+async fn shared_names(store: &Arc<dyn BlobStore>) -> Result<Vec<String>> {
+    let root = job_root().join("shared")?;
+    let mut names: Vec<String> = store
+        .list_all(Some(&root))
+        .await?
+        .into_iter()
+        .map(|o| o.key.file_name().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn shared_files_live_while_a_kept_checkpoint_lists_them(
+    store: Arc<dyn BlobStore>,
+) -> Result<()> {
+    let g1 = CheckpointStore::new(store.clone(), job_root(), 1)?;
+    g1.claim().await?;
+    // Each checkpoint uploads only what the previous one did not have.
+    incremental(&g1, 1, &["a.sst", "b.sst"], &["a.sst", "b.sst"]).await?;
+    incremental(&g1, 2, &["a.sst", "c.sst"], &["c.sst"]).await?;
+    // An aborted checkpoint's upload: no completed checkpoint lists it.
+    g1.write_file(g1.root(), "shared/op-1/0-of-1/x.sst", pattern(10, 9))
+        .await?;
+    let report = g1.retain_last(2).await?;
+    ensure!(report.shared_deleted.is_empty(), "{report:?}");
+
+    // The oldest checkpoint goes, and with it b, which no kept checkpoint lists; a stays.
+    incremental(&g1, 3, &["a.sst", "c.sst", "d.sst"], &["d.sst"]).await?;
+    let report = g1.retain_last(2).await?;
+    let deleted: Vec<&str> = report
+        .shared_deleted
+        .iter()
+        .map(|k| k.file_name())
+        .collect();
+    ensure!(deleted == ["b.sst"], "deleted {deleted:?}");
+    ensure!(
+        shared_names(&store).await? == ["a.sst", "c.sst", "d.sst", "x.sst"],
+        "{:?}",
+        shared_names(&store).await?
+    );
+
+    // A new generation resumes from checkpoint 3 and lists its files again: g1's files that g2's
+    // checkpoints need survive g2's retention, across the JobManager restart.
+    let g2 = CheckpointStore::new(store.clone(), job_root(), 2)?;
+    g2.claim().await?;
+    let latest = g2
+        .latest_completed()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nothing to resume from"))?;
+    ensure!(latest.metadata.shared_files.len() == 3);
+    incremental(&g2, 4, &["c.sst", "d.sst", "e.sst"], &["e.sst"]).await?;
+    let report = g2.retain_last(2).await?;
+    let deleted: Vec<&str> = report
+        .shared_deleted
+        .iter()
+        .map(|k| k.file_name())
+        .collect();
+    // Checkpoint 2 went; a is still listed by checkpoint 3 (kept).
+    ensure!(deleted.is_empty(), "deleted {deleted:?}");
+    incremental(&g2, 5, &["d.sst", "e.sst"], &[]).await?;
+    let report = g2.retain_last(2).await?;
+    let deleted: Vec<&str> = report
+        .shared_deleted
+        .iter()
+        .map(|k| k.file_name())
+        .collect();
+    ensure!(deleted == ["a.sst"], "deleted {deleted:?}");
+    incremental(&g2, 6, &["e.sst"], &[]).await?;
+    let report = g2.retain_last(2).await?;
+    let deleted: Vec<&str> = report
+        .shared_deleted
+        .iter()
+        .map(|k| k.file_name())
+        .collect();
+    ensure!(deleted == ["c.sst"], "deleted {deleted:?}");
+    ensure!(
+        shared_names(&store).await? == ["d.sst", "e.sst", "x.sst"],
+        "{:?}",
+        shared_names(&store).await?
+    );
+    // Every kept checkpoint is whole, shared files included.
+    for h in &report.kept {
+        let meta = g2.load(&h.metadata_key()).await?;
+        g2.verify(&h.dir, &meta).await?;
+        for f in &meta.shared_files {
+            g2.read_file(g2.root(), f).await?;
+        }
+    }
+    // The stale generation can delete nothing, shared files included.
+    ensure!(matches!(
+        g1.retain_last(1).await,
+        Err(CheckpointError::Fenced { .. })
+    ));
+    ensure!(shared_names(&store).await?.len() == 3);
+    // A shared file outside shared/ is refused at commit (retention deletes by these paths).
+    let mut bad = metadata(2, 7, Vec::new());
+    bad.shared_files = vec![FileRef {
+        path: "gen-0000000002/chk-000000000006/_metadata".into(),
+        size_bytes: 1,
+        crc32: 0,
+    }];
+    ensure!(matches!(
+        g2.commit(&bad).await,
         Err(CheckpointError::Invalid(_))
     ));
     Ok(())

@@ -50,8 +50,8 @@ pub struct SnapshotMetadata {
     pub created_at_ms: u64,
     /// Files owned by this snapshot alone, deleted with it.
     pub files: Vec<FileRef>,
-    /// Files shared with other checkpoints (incremental RocksDB SSTs). Retention does not
-    /// delete them; reference counting over retained checkpoints will (see README).
+    /// Files shared with other checkpoints (incremental RocksDB SSTs), under `shared/`.
+    /// Retention deletes one when no kept checkpoint lists it (see README).
     #[serde(default)]
     pub shared_files: Vec<FileRef>,
     /// The engine's own description of the snapshot (operator state handles, source

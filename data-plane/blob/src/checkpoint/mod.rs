@@ -101,6 +101,8 @@ pub struct RetentionReport {
     pub removed: Vec<(CheckpointHandle, DeleteReport)>,
     /// Directories of checkpoints that never committed (older than every kept one), removed.
     pub abandoned: Vec<(BlobPath, DeleteReport)>,
+    /// Shared files that only removed checkpoints referenced, deleted.
+    pub shared_deleted: Vec<BlobPath>,
 }
 
 /// Checkpoints and savepoints of one job, as written by the cluster of one run generation.
@@ -271,6 +273,18 @@ impl CheckpointStore {
                 self.generation, metadata.kind, metadata.generation
             )));
         }
+        // Retention deletes shared files by these paths: anything outside `shared/` is refused
+        // here rather than deleted there.
+        if let Some(f) = metadata
+            .shared_files
+            .iter()
+            .find(|f| !is_shared_path(&f.path))
+        {
+            return Err(CheckpointError::Invalid(format!(
+                "checkpoint {} lists shared file {:?}, which is not under {SHARED_DIR}/",
+                metadata.checkpoint_id, f.path
+            )));
+        }
         let handle = CheckpointHandle {
             generation: self.generation,
             checkpoint_id: metadata.checkpoint_id,
@@ -414,7 +428,16 @@ impl CheckpointStore {
     /// Keeps the newest `keep` completed checkpoints (across generations) and deletes the
     /// others, metadata first so that a half-deleted checkpoint is never seen as complete;
     /// also deletes directories of never-committed checkpoints older than every kept one.
-    /// Refused when a newer generation exists. Files under `shared/` are not touched.
+    /// Refused when a newer generation exists.
+    ///
+    /// Shared files (under `shared/`) are reference-counted over the metadata of the
+    /// checkpoints themselves, not over memory, so the count survives a JobManager restart: a
+    /// shared file that a removed checkpoint lists and no kept checkpoint (of any generation)
+    /// lists is deleted, before the removed checkpoint's metadata, so that a crash in between
+    /// leaves the metadata for the next pass to find them again. The removed checkpoints are
+    /// the oldest, so restores (from the newest) never see one in that state. Shared files
+    /// that no completed checkpoint lists (uploaded for a checkpoint that was then aborted)
+    /// are left alone: a checkpoint in flight may be about to list them.
     pub async fn retain_last(&self, keep: usize) -> Result<RetentionReport> {
         if keep == 0 {
             return Err(CheckpointError::Invalid(
@@ -442,8 +465,30 @@ impl CheckpointStore {
         let Some(oldest_kept) = report.kept.first().map(|h| (h.generation, h.checkpoint_id)) else {
             return Ok(report);
         };
+        let mut kept_shared = std::collections::HashSet::new();
+        for h in &report.kept {
+            let m = self.load(&h.metadata_key()).await?;
+            kept_shared.extend(m.shared_files.into_iter().map(|f| f.path));
+        }
         for h in completed {
             let meta_key = h.metadata_key();
+            let shared = match self.load(&meta_key).await {
+                Ok(m) => m.shared_files,
+                // Deleted concurrently (another retention pass).
+                Err(CheckpointError::Blob(e)) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            for f in shared {
+                if kept_shared.contains(&f.path) || !is_shared_path(&f.path) {
+                    continue;
+                }
+                let key = self.root.join(&f.path)?;
+                if report.shared_deleted.contains(&key) {
+                    continue;
+                }
+                self.store.delete(&key).await?;
+                report.shared_deleted.push(key);
+            }
             let meta_size = match self.store.head(&meta_key).await {
                 Ok(m) => Some(m.size_bytes),
                 // Deleted concurrently (another retention pass): nothing to report for it.
@@ -551,6 +596,28 @@ pub async fn dispose(store: &dyn BlobStore, prefix: &BlobPath) -> Result<DeleteR
     Ok(DeleteReport { deleted })
 }
 
+/// The job root of a checkpoint directory (`{root}/gen-…/chk-…`): where its shared files'
+/// paths start. `None` for any other directory (a savepoint's has no shared files).
+pub fn checkpoint_job_root(dir: &BlobPath) -> Option<BlobPath> {
+    let (rest, chk) = dir.as_str().rsplit_once('/')?;
+    let (root, generation) = rest.rsplit_once('/')?;
+    parse_checkpoint(chk)?;
+    parse_generation(generation)?;
+    BlobPath::new(root).ok()
+}
+
+/// Whether a [`SnapshotMetadata::shared_files`] path lies under `shared/` (and nowhere else).
+fn is_shared_path(path: &str) -> bool {
+    path.strip_prefix(SHARED_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .split('/')
+                    .all(|s| !s.is_empty() && s != "." && s != "..")
+        })
+}
+
 fn metadata_segment() -> BlobPath {
     BlobPath::new(METADATA_FILE).unwrap_or_else(|e| panic!("{METADATA_FILE} is a valid key: {e}"))
 }
@@ -560,4 +627,35 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_root_of_a_checkpoint_directory() {
+        let p = |s: &str| BlobPath::new(s).expect("path");
+        assert_eq!(
+            checkpoint_job_root(&p("org/app/gen-0000000002/chk-000000000017")),
+            Some(p("org/app"))
+        );
+        for not in [
+            "org/app/savepoints/sp-1",
+            "gen-0000000002/chk-000000000017",
+            "org/app/gen-2/chk-000000000017",
+        ] {
+            assert_eq!(checkpoint_job_root(&p(not)), None, "{not}");
+        }
+        assert!(is_shared_path("shared/op/0-of-1/g1-ab-000012.sst"));
+        for not in [
+            "shared/",
+            "shared",
+            "gen-1/x",
+            "shared/../gen-1/x",
+            "shared//x",
+        ] {
+            assert!(!is_shared_path(not), "{not}");
+        }
+    }
 }

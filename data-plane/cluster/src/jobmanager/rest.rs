@@ -158,11 +158,18 @@ fn vertex_records(st: &JmState, v: &sluice_runtime::task::VertexSpec) -> (f64, f
     let pipeline = v.pipeline.to_string();
     let read = match &v.input {
         None => sum("sluice_source_records_total", "pipeline", &pipeline),
-        Some(i) => sum(
-            "sluice_exchange_records_total",
-            "vertex",
-            &i.upstream.to_string(),
-        ),
+        Some(i) => v
+            .side_input
+            .iter()
+            .chain([i])
+            .map(|i| {
+                sum(
+                    "sluice_exchange_records_total",
+                    "vertex",
+                    &i.upstream.to_string(),
+                )
+            })
+            .sum(),
     };
     let written = if v.output.is_some() {
         sum("sluice_exchange_records_total", "vertex", &v.id.to_string())
@@ -234,12 +241,12 @@ async fn job(State(jm): State<Arc<Jm>>, Path(id): Path<String>) -> Response {
                 "operator": "",
                 "operator_strategy": "",
                 "description": v.name,
-                "inputs": v.input.as_ref().map(|i| vec![json!({
-                    "num": 0,
+                "inputs": v.input.iter().chain(v.side_input.iter()).enumerate().map(|(num, i)| json!({
+                    "num": num,
                     "id": vertex_id(&st.graph.vertices[i.upstream].uid),
                     "ship_strategy": format!("{:?}", i.exchange).to_uppercase(),
                     "exchange": "pipelined_bounded",
-                })]).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -310,7 +317,7 @@ fn record_json(jm: &Jm, r: &CheckpointRecord) -> Value {
         "savepointFormat": r.savepoint.as_ref().map(|_| "CANONICAL"),
         "trigger_timestamp": r.trigger_timestamp_ms,
         "latest_ack_timestamp": r.latest_ack_timestamp_ms.map(|t| t as i64).unwrap_or(-1),
-        "checkpointed_size": r.state_size_bytes,
+        "checkpointed_size": r.checkpointed_size_bytes,
         "state_size": r.state_size_bytes,
         "end_to_end_duration": r.end_to_end_duration_ms.unwrap_or(0),
         "alignment_buffered": 0,
@@ -357,6 +364,7 @@ async fn checkpoints(State(jm): State<Arc<Jm>>, Path(id): Path<String>) -> Respo
         .filter(|r| r.status == CheckpointStatus::Completed)
         .collect();
     let sizes: Vec<u64> = done.iter().map(|r| r.state_size_bytes).collect();
+    let uploaded: Vec<u64> = done.iter().map(|r| r.checkpointed_size_bytes).collect();
     let durations: Vec<u64> = done
         .iter()
         .map(|r| r.end_to_end_duration_ms.unwrap_or(0))
@@ -371,7 +379,7 @@ async fn checkpoints(State(jm): State<Arc<Jm>>, Path(id): Path<String>) -> Respo
             "failed": s.counts.failed,
         },
         "summary": {
-            "checkpointed_size": min_max_avg(&sizes),
+            "checkpointed_size": min_max_avg(&uploaded),
             "state_size": min_max_avg(&sizes),
             "end_to_end_duration": min_max_avg(&durations),
             "alignment_buffered": zeros,

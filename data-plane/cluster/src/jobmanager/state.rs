@@ -304,10 +304,16 @@ impl JmState {
             if d.subtasks.is_empty() {
                 self.draining = None;
             } else if Instant::now() > d.deadline {
+                let mut left: Vec<String> = d
+                    .subtasks
+                    .iter()
+                    .map(|((v, s), tm)| format!("v{v}/{s} on {tm}"))
+                    .collect();
+                left.sort();
                 tracing::warn!(
-                    "{} subtasks of attempt {} did not end within {DRAIN_TIMEOUT:?}",
-                    d.subtasks.len(),
-                    d.attempt
+                    "subtasks of attempt {} did not end within {DRAIN_TIMEOUT:?}: {}",
+                    d.attempt,
+                    left.join(", ")
                 );
                 self.draining = None;
             }

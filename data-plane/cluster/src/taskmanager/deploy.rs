@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use sluice_blob::checkpoint::CheckpointStore;
@@ -43,6 +43,87 @@ struct Inner {
     metrics: Mutex<Option<(u64, Arc<MetricsRegistry>)>>,
     /// The data address the JobManager was told (what deployments name this TaskManager by).
     advertised: Mutex<Option<std::net::SocketAddr>>,
+    /// Threads of each attempt that may still produce output (its deployment thread, then
+    /// its subtasks), including attempts already cancelled.
+    live: Mutex<HashMap<u64, Arc<Live>>>,
+    /// Attempts cancelled (one by one, or all at once when the JobManager went away)
+    /// whose deployment thread must not start subtasks any more.
+    cancelled: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// How long a cancelled attempt's threads may take to end. Past it the TaskManager exits:
+/// a subtask stuck in a sink commit must not commit beside the next attempt, whose restore
+/// re-commits the same checkpoint (Flink's `task.cancellation.timeout` does the same). It
+/// is below the JobManager's drain timeout, so the JobManager sees this process gone
+/// before it deploys over a subtask that never reported its end.
+pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Exit code of a TaskManager whose cancelled subtasks did not end in time.
+pub const EXIT_CANCEL_TIMEOUT: i32 = 75;
+
+/// The running threads of an attempt, by name, that can be waited on.
+#[derive(Default)]
+struct Live {
+    running: Mutex<Vec<String>>,
+    ended: Condvar,
+}
+
+/// One counted thread; dropping it (also by unwinding) counts the thread out.
+struct LiveGuard(Arc<Live>, String);
+
+impl Live {
+    fn enter(self: &Arc<Self>, name: String) -> LiveGuard {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(name.clone());
+        LiveGuard(self.clone(), name)
+    }
+
+    fn running(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn names(&self) -> String {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join(", ")
+    }
+
+    /// Whether every counted thread ended before `deadline`.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut n = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        while !n.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self
+                .ended
+                .wait_timeout(n, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut n = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = n.iter().position(|x| *x == self.1) {
+            n.swap_remove(i);
+        }
+        self.0.ended.notify_all();
+    }
 }
 
 struct Attempt {
@@ -96,6 +177,8 @@ impl Running {
                 attempts: Mutex::new(HashMap::new()),
                 metrics: Mutex::new(None),
                 advertised: Mutex::new(None),
+                live: Mutex::new(HashMap::new()),
+                cancelled: Mutex::new(Default::default()),
             }),
         }
     }
@@ -149,6 +232,36 @@ impl Running {
     }
 
     pub fn cancel(&self, attempt: u64, why: &str) {
+        self.inner
+            .cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(attempt);
+        let live = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&attempt)
+            .cloned();
+        if let Some(live) = live.filter(|l| l.running() > 0) {
+            let watchdog = std::thread::Builder::new()
+                .name(format!("cancel-{attempt}"))
+                .spawn(move || {
+                    if !live.wait_until(Instant::now() + CANCEL_TIMEOUT) {
+                        tracing::error!(
+                            "cancelled attempt {attempt}: {} did not end within {CANCEL_TIMEOUT:?}: exiting",
+                            live.names()
+                        );
+                        std::process::exit(EXIT_CANCEL_TIMEOUT);
+                    }
+                });
+            if let Err(e) = watchdog {
+                // Without a watchdog nothing bounds the cancelled attempt: not safe to go on.
+                tracing::error!("spawning the cancellation watchdog of attempt {attempt}: {e}");
+                std::process::exit(EXIT_CANCEL_TIMEOUT);
+            }
+        }
         let taken = self
             .inner
             .attempts
@@ -166,7 +279,8 @@ impl Running {
     }
 
     pub fn cancel_all(&self, why: &str) {
-        let ids: Vec<u64> = self
+        // Attempts still being set up are in `live` only.
+        let mut ids: Vec<u64> = self
             .inner
             .attempts
             .lock()
@@ -174,20 +288,71 @@ impl Running {
             .keys()
             .copied()
             .collect();
+        ids.extend(
+            self.inner
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .copied(),
+        );
+        ids.sort_unstable();
+        ids.dedup();
         for a in ids {
             self.cancel(a, why);
         }
     }
 
+    /// Waits until every thread of every attempt (cancelled ones included) has ended;
+    /// false when some did not before `deadline`. A TaskManager registers with a new
+    /// JobManager only once this holds, so the new JobManager's deployment can never run
+    /// beside a subtask of the old one.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        let lives: Vec<Arc<Live>> = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        if !lives.iter().all(|l| l.wait_until(deadline)) {
+            return false;
+        }
+        // Attempt numbers are the JobManager's: a new one may count from 1 again.
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, l| l.running() > 0);
+        self.inner
+            .cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        true
+    }
+
     pub(crate) fn deploy(&self, d: Deployment, _tx: &UnboundedSender<ToJm>) {
+        let live = {
+            let mut lives = self
+                .inner
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lives.retain(|_, l| l.running() > 0);
+            lives.entry(d.attempt).or_default().clone()
+        };
+        let deploying = live.enter(format!("deployment of attempt {}", d.attempt));
         let this = self.clone();
         // Planning, connector set-up and restore downloads block: not on the I/O threads.
         let spawned = std::thread::Builder::new()
             .name(format!("deploy-{}", d.attempt))
             .spawn(move || {
+                let _deploying = deploying;
                 let attempt = d.attempt;
                 let subtasks = d.subtasks.clone();
-                if let Err(e) = this.start(d) {
+                if let Err(e) = this.start(d, &live) {
                     tracing::error!("deploying attempt {attempt}: {e:#}");
                     let sink = NetEvents {
                         attempt,
@@ -208,7 +373,7 @@ impl Running {
         }
     }
 
-    fn start(&self, d: Deployment) -> Result<()> {
+    fn start(&self, d: Deployment, live: &Arc<Live>) -> Result<()> {
         let inner = &self.inner;
         let rt = inner.rt.clone();
         let plan = sluice_sql::plan(&d.sql)
@@ -235,6 +400,7 @@ impl Running {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         job.state = (inner.services.state)(&d.state_backend, &state_dir)?;
+        job.native = (inner.services.native)(&d.state_backend);
         let (base, root) = crate::storage::split_uri(&d.checkpoint_dir)?;
         let store = rt.block_on(crate::storage::open_store(&base))?;
         let checkpoints = CheckpointStore::new(store.clone(), root, d.generation)?;
@@ -250,6 +416,7 @@ impl Running {
             } else {
                 CheckpointingMode::AtLeastOnce
             },
+            cancelled: Arc::new(AtomicBool::new(false)),
         };
         let restore = match &d.restore {
             None => None,
@@ -265,7 +432,8 @@ impl Running {
             }
         };
         let metrics = MetricsRegistry::new();
-        let cancel = Arc::new(AtomicBool::new(false));
+        // The attempt's one cancellation flag: gates, outputs and sinks all watch it.
+        let cancel = config.cancelled.clone();
         let me = inner
             .advertised
             .lock()
@@ -276,12 +444,15 @@ impl Running {
         let mut gates: HashMap<(usize, usize), Box<dyn InputGate>> = HashMap::new();
         let mut local_outputs: HashMap<(usize, usize, usize), NetOutput> = HashMap::new();
         for &(v, s) in &local {
-            let Some(input) = &graph.vertices[v].input else {
+            if graph.vertices[v].input.is_none() {
                 continue;
-            };
-            let up = input.upstream;
-            let sources = (0..graph.vertices[up].parallelism)
-                .map(|u| {
+            }
+            // Channel `ch` comes from subtask `u` of `up` (a join's right input follows its left).
+            let sources = graph
+                .input_sources(v)
+                .into_iter()
+                .enumerate()
+                .map(|(ch, (up, u))| {
                     if d.locations[up][u] == me {
                         InputSource::Local
                     } else {
@@ -289,7 +460,7 @@ impl Running {
                             attempt: d.attempt,
                             vertex: v,
                             subtask: s,
-                            channel: u,
+                            channel: ch,
                         })
                     }
                 })
@@ -305,8 +476,9 @@ impl Running {
         for &(v, s) in &local {
             let mut outputs: Vec<Box<dyn OutputChannel>> = Vec::new();
             if let Some(w) = graph.vertices[v].output {
+                let ch = graph.output_channel(v, s);
                 for dn in 0..graph.vertices[w].parallelism {
-                    let out = match local_outputs.remove(&(w, dn, s)) {
+                    let out = match local_outputs.remove(&(w, dn, ch)) {
                         Some(o) => o,
                         None => connect_remote(
                             &rt,
@@ -315,7 +487,7 @@ impl Running {
                                 attempt: d.attempt,
                                 vertex: w,
                                 subtask: dn,
-                                channel: s,
+                                channel: ch,
                             },
                             inner.token.clone(),
                             Duration::from_secs(10),
@@ -358,6 +530,17 @@ impl Running {
                 .attempts
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // Cancelled while it was being set up (restore downloads take a while): its
+            // subtasks must never start. Checked under the lock `cancel` takes next.
+            if inner
+                .cancelled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&d.attempt)
+            {
+                tracing::info!("attempt {} was cancelled before it started", d.attempt);
+                return Ok(());
+            }
             attempts.insert(
                 d.attempt,
                 Attempt {
@@ -371,9 +554,11 @@ impl Running {
             let id = setup.id;
             let events = setup.events.clone();
             let attempt = d.attempt;
+            let counted = live.enter(format!("subtask {id}"));
             std::thread::Builder::new()
                 .name(format!("sub-{}-{}", id.vertex, id.subtask))
                 .spawn(move || {
+                    let _counted = counted;
                     tracing::debug!("attempt {attempt}: subtask {id} starts");
                     // The subtask reports its own end (Finished / Failed) as an event.
                     if let Err(e) = run_subtask(setup) {

@@ -66,6 +66,19 @@ async fn run_async(args: TaskManagerArgs, services: Arc<Services>) -> Result<()>
                     Err(e) => tracing::debug!("jobmanager at {}: {e:#}", args.jobmanager),
                 }
                 running.cancel_all("the jobmanager connection ended");
+                // The next JobManager (or this one again) redeploys and restores, and its
+                // restore re-commits the latest checkpoint's output: nothing of the old
+                // attempts may still be running then. The cancellation watchdog ends this
+                // process if they do not stop.
+                let r = running.clone();
+                let idle = tokio::task::spawn_blocking(move || {
+                    r.wait_idle(Instant::now() + deploy::CANCEL_TIMEOUT)
+                })
+                .await?;
+                if !idle {
+                    tracing::error!("subtasks still run {:?} after the jobmanager went away: exiting", deploy::CANCEL_TIMEOUT);
+                    std::process::exit(deploy::EXIT_CANCEL_TIMEOUT);
+                }
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: cancelling subtasks and exiting");

@@ -31,7 +31,7 @@ pub(crate) fn engine() -> Command {
 }
 
 /// The job over `rows` ids at `rate` rows per second, written to `out`.
-fn write_job(dir: &Path, rows: u64, rate: u64, out: &Path) -> PathBuf {
+pub(crate) fn write_job(dir: &Path, rows: u64, rate: u64, out: &Path) -> PathBuf {
     let job = dir.join(format!(
         "job-{}.sql",
         out.file_name().and_then(|f| f.to_str()).unwrap_or("x")
@@ -72,7 +72,7 @@ fn output_rows(out: &Path) -> Vec<(u64, u64, u64)> {
     rows
 }
 
-fn assert_exact(out: &Path, rows: u64) {
+pub(crate) fn assert_exact(out: &Path, rows: u64) {
     let got = output_rows(out);
     let want = expected_rows(rows);
     if got != want {
@@ -181,7 +181,13 @@ pub(crate) async fn start_jm(
     }
 }
 
-fn start_tm(rpc: &str, name: &str, slots: usize, dir: &Path, token_file: Option<&Path>) -> u32 {
+pub(crate) fn start_tm(
+    rpc: &str,
+    name: &str,
+    slots: usize,
+    dir: &Path,
+    token_file: Option<&Path>,
+) -> u32 {
     start_tm_with(
         rpc,
         name,
@@ -277,7 +283,7 @@ impl JobManager {
         .expect("job state");
     }
 
-    async fn wait_checkpoints(&self, id: &str, n: i64) {
+    pub(crate) async fn wait_checkpoints(&self, id: &str, n: i64) {
         wait_for(&format!("{n} completed checkpoints"), T, || async {
             (self.metric(id, "numberOfCompletedCheckpoints").await >= n).then_some(())
         })

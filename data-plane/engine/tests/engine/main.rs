@@ -4,6 +4,8 @@
 mod checkpoint;
 mod cluster;
 mod files;
+mod incremental;
+mod join;
 mod kill_campaign;
 mod seed_kafka;
 

@@ -19,7 +19,7 @@ use sluice_test_support::{kafka, unique_name};
 
 const T: Duration = Duration::from_secs(15);
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()

@@ -2,6 +2,7 @@
 
 pub mod dedup;
 pub mod group;
+pub mod join;
 pub mod over;
 pub mod stateless;
 pub mod window;

@@ -195,9 +195,11 @@ impl WindowOp {
         Ok(Some(skip))
     }
 
+    /// `rows` are (key, window start, window end, accumulator bytes in `accs`).
     fn emit_rows(
         &mut self,
-        rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)>,
+        rows: Vec<(Vec<u8>, i64, i64, std::ops::Range<usize>)>,
+        accs: &[u8],
         out: &mut dyn Collector,
     ) -> Result<()> {
         if rows.is_empty() {
@@ -207,7 +209,7 @@ impl WindowOp {
         let mut starts = Vec::with_capacity(rows.len());
         let mut ends = Vec::with_capacity(rows.len());
         for (_, s, e, acc) in &rows {
-            self.layout.emit(acc, &mut res);
+            self.layout.emit(&accs[acc.clone()], &mut res);
             starts.push(*s);
             ends.push(*e);
         }
@@ -268,8 +270,9 @@ impl Operator for WindowOp {
                     })
                     .ctx(|| "WindowAggregate state".into())?;
                 if fresh {
+                    // A window's timer lives exactly as long as its accumulator: new with it.
                     self.backend
-                        .register_timer(TimeDomain::EventTime, end - 1, key, &n)
+                        .register_new_timer(TimeDomain::EventTime, end - 1, key, &n)
                         .ctx(|| "WindowAggregate timer".into())?;
                 }
             }
@@ -301,7 +304,9 @@ impl Operator for WindowOp {
                 break;
             }
             let mut rows = Vec::with_capacity(timers.len());
-            for t in &timers {
+            // Accumulators of the fired windows back to back: no allocation per window.
+            let mut accs = Vec::new();
+            for t in timers.drain(..) {
                 if let WindowKind::Session { .. } = self.window {
                     let Some(cur) = self
                         .backend
@@ -313,7 +318,9 @@ impl Operator for WindowOp {
                     let mut sessions = decode_sessions(cur);
                     if let Some(pos) = sessions.iter().position(|(_, e, _)| e - 1 == t.time) {
                         let (s, e, acc) = sessions.remove(pos);
-                        rows.push((t.key.clone(), s, e, acc));
+                        let at = accs.len();
+                        accs.extend_from_slice(&acc);
+                        rows.push((t.key.clone(), s, e, at..accs.len()));
                         if sessions.is_empty() {
                             self.backend
                                 .clear(self.sessions, &t.key, NO_NAMESPACE)
@@ -332,16 +339,17 @@ impl Operator for WindowOp {
                     continue;
                 }
                 let end = t.time + 1;
-                let acc = self
-                    .backend
-                    .value_get(self.acc, &t.key, &t.namespace)
-                    .ctx(|| "WindowAggregate state".into())?
-                    .map(|v| v.to_vec());
-                if let Some(acc) = acc {
-                    rows.push((t.key.clone(), end - size, end, acc));
-                    self.backend
-                        .clear(self.acc, &t.key, &t.namespace)
-                        .ctx(|| "WindowAggregate state".into())?;
+                // Read and delete the accumulator in one state access.
+                let at = accs.len();
+                let mut present = false;
+                self.backend
+                    .value_update(self.acc, &t.key, &t.namespace, &mut |buf, found| {
+                        present = found;
+                        accs.extend_from_slice(buf);
+                        false
+                    })
+                    .ctx(|| "WindowAggregate state".into())?;
+                if present {
                     if self.layout.distinct.iter().any(|d| *d) {
                         for i in 0..self.layout.len() {
                             let mut ns2 = t.namespace.clone();
@@ -351,10 +359,11 @@ impl Operator for WindowOp {
                                 .ctx(|| "WindowAggregate state".into())?;
                         }
                     }
+                    rows.push((t.key, end - size, end, at..accs.len()));
                 }
             }
             self.timers = timers;
-            self.emit_rows(rows, out)?;
+            self.emit_rows(rows, &accs, out)?;
         }
         out.watermark(watermark)
     }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use sluice_sql::{Exchange, Expr, JobPlan, Stage, TableDef};
+use sluice_sql::{Exchange, Expr, JobPlan, JoinInput, Stage, TableDef};
 
 use crate::connector::physical_schema;
 use crate::error::{Result, RuntimeError};
@@ -74,6 +74,9 @@ pub struct VertexSpec {
     pub input_schema: SchemaRef,
     /// `None` for a source vertex.
     pub input: Option<VertexInput>,
+    /// The second input of a two-input vertex (an interval join's right side):
+    /// its channels follow `input`'s at the subtask's gate.
+    pub side_input: Option<VertexInput>,
     /// The vertex this one sends to; `None` for a sink vertex.
     pub output: Option<VertexId>,
     /// Exchange to `output`.
@@ -111,6 +114,7 @@ impl VertexSpec {
                         | Stage::WindowAggregate { .. }
                         | Stage::GroupAggregate { .. }
                         | Stage::Deduplicate { .. }
+                        | Stage::IntervalJoin { .. }
                 )
             })
             .map(|(i, _)| operator_uid(self.pipeline, *i))
@@ -153,9 +157,11 @@ impl JobGraph {
             let mut cur = Vec::new();
             let mut input = src_schema.clone();
             let mut schema = src_schema.clone();
+            // A join's inputs come from two sources: its exchanges are always cut.
+            let cut = !chained || pipe.right.is_some();
             for (si, s) in pipe.stages.iter().enumerate() {
                 if let Stage::Exchange(x) = s {
-                    if !chained {
+                    if cut {
                         cuts.push((std::mem::take(&mut cur), input.clone(), Some(x.clone())));
                         input = schema.clone();
                     }
@@ -177,9 +183,44 @@ impl JobGraph {
             }
             let n = cuts.len();
             let first = vertices.len();
+            // The right input's vertex goes just before the join's, so ids stay
+            // in upstream-to-downstream order.
+            let join_cut = cuts.iter().position(|(st, _, _)| {
+                st.iter()
+                    .any(|(_, s)| matches!(s, Stage::IntervalJoin { .. }))
+            });
+            let right = match (&pipe.right, join_cut) {
+                (Some(r), Some(jc)) => Some((r, jc)),
+                (None, None) => None,
+                _ => {
+                    return Err(RuntimeError::Plan(format!(
+                        "pipeline {pi}: a join needs both its right input and its IntervalJoin stage"
+                    )));
+                }
+            };
+            let id_of = |vi: usize| match right {
+                Some((_, jc)) if vi >= jc => first + vi + 1,
+                _ => first + vi,
+            };
             let mut prev_exchange: Option<Exchange> = None;
             for (vi, (stages, input_schema, exchange)) in cuts.into_iter().enumerate() {
-                let id = first + vi;
+                let id = id_of(vi);
+                let mut side_input = None;
+                if let Some((r, jc)) = right
+                    && jc == vi
+                {
+                    let rv =
+                        right_vertex(plan, pi, r, pipe.stages.len(), id - 1, parallelism, sink)?;
+                    side_input = Some(VertexInput {
+                        upstream: rv.id,
+                        exchange: rv.output_exchange.clone().ok_or_else(|| {
+                            RuntimeError::Plan(format!(
+                                "pipeline {pi}: the join's right input has no exchange"
+                            ))
+                        })?,
+                    });
+                    vertices.push(rv);
+                }
                 let ops: Vec<String> = stages
                     .iter()
                     .filter(|(_, s)| !matches!(s, Stage::AssignWatermark { .. }))
@@ -203,10 +244,11 @@ impl JobGraph {
                     stages,
                     input_schema,
                     input: prev_exchange.take().map(|exchange| VertexInput {
-                        upstream: id - 1,
+                        upstream: id_of(vi - 1),
                         exchange,
                     }),
-                    output: (vi + 1 < n).then_some(id + 1),
+                    side_input,
+                    output: (vi + 1 < n).then(|| id_of(vi + 1)),
                     output_exchange: exchange.clone(),
                     source: (vi == 0).then(|| SourceSpec {
                         table: src.clone(),
@@ -280,14 +322,130 @@ impl JobGraph {
             .collect()
     }
 
-    /// Number of input channels of a subtask of `vertex` (upstream parallelism; 0 for a source).
+    /// Number of input channels of a subtask of `vertex` (upstream parallelism,
+    /// of both inputs for a two-input vertex; 0 for a source).
     pub fn input_channels(&self, vertex: VertexId) -> usize {
-        self.vertices
-            .get(vertex)
-            .and_then(|v| v.input.as_ref())
-            .map(|i| self.vertices[i.upstream].parallelism)
-            .unwrap_or(0)
+        self.input_sources(vertex).len()
     }
+
+    /// Where each input channel of a subtask of `vertex` comes from, by
+    /// channel index: `(upstream vertex, upstream subtask)`. The side input's
+    /// channels follow the main input's.
+    pub fn input_sources(&self, vertex: VertexId) -> Vec<(VertexId, usize)> {
+        let Some(v) = self.vertices.get(vertex) else {
+            return Vec::new();
+        };
+        v.input
+            .iter()
+            .chain(v.side_input.iter())
+            .flat_map(|i| (0..self.vertices[i.upstream].parallelism).map(|s| (i.upstream, s)))
+            .collect()
+    }
+
+    /// The first channel of `vertex`'s side input (`None` for a one-input vertex):
+    /// a batch on a channel at or above it belongs to input 1.
+    pub fn side_input_channel(&self, vertex: VertexId) -> Option<usize> {
+        let v = self.vertices.get(vertex)?;
+        v.side_input.as_ref()?;
+        Some(
+            v.input
+                .as_ref()
+                .map(|i| self.vertices[i.upstream].parallelism)
+                .unwrap_or(0),
+        )
+    }
+
+    /// The channel index the envelopes of subtask `subtask` of `vertex` carry
+    /// at the gates of its output vertex.
+    pub fn output_channel(&self, vertex: VertexId, subtask: usize) -> usize {
+        let Some(w) = self.vertices.get(vertex).and_then(|v| v.output) else {
+            return subtask;
+        };
+        match self.side_input_channel(w) {
+            Some(first)
+                if self.vertices[w].side_input.as_ref().map(|i| i.upstream) == Some(vertex) =>
+            {
+                first + subtask
+            }
+            _ => subtask,
+        }
+    }
+}
+
+/// The vertex of a join's right input: its source and stages up to the hash
+/// exchange. Its stage indices follow the pipeline's (`offset` on), so its
+/// operator uids are the pipeline's too.
+fn right_vertex(
+    plan: &JobPlan,
+    pi: usize,
+    right: &JoinInput,
+    offset: usize,
+    id: VertexId,
+    parallelism: usize,
+    sink: &TableDef,
+) -> Result<VertexSpec> {
+    let src = plan
+        .tables
+        .get(&right.source)
+        .ok_or_else(|| RuntimeError::Plan(format!("unknown source table {}", right.source)))?;
+    let schema = physical_schema(src);
+    let (exchange, body) = match right.stages.split_last() {
+        Some((Stage::Exchange(x), body)) => (x.clone(), body),
+        _ => {
+            return Err(RuntimeError::Plan(format!(
+                "pipeline {pi}: the right input of a join must end in its exchange"
+            )));
+        }
+    };
+    if body.iter().any(|s| matches!(s, Stage::Exchange(_))) {
+        return Err(RuntimeError::Plan(format!(
+            "pipeline {pi}: the right input of a join has more than one exchange"
+        )));
+    }
+    let stages: Vec<(usize, Stage)> = body
+        .iter()
+        .enumerate()
+        .map(|(j, s)| (offset + j, s.clone()))
+        .collect();
+    let ops: Vec<String> = stages
+        .iter()
+        .filter(|(_, s)| !matches!(s, Stage::AssignWatermark { .. }))
+        .map(|(_, s)| stage_name(s))
+        .collect();
+    Ok(VertexSpec {
+        id,
+        uid: format!("p{pi}-r0"),
+        name: format!(
+            "pipeline {pi} ({} -> {}) right input: {}",
+            src.name,
+            sink.name,
+            if ops.is_empty() {
+                "forward".to_string()
+            } else {
+                ops.join(" -> ")
+            }
+        ),
+        pipeline: pi,
+        parallelism,
+        stages,
+        input_schema: schema.clone(),
+        input: None,
+        side_input: None,
+        // The join's vertex comes right after this one.
+        output: Some(id + 1),
+        output_exchange: Some(exchange),
+        source: Some(SourceSpec {
+            table: src.clone(),
+            // Not `p{pi}-source-…`: a self-join reads the same table twice.
+            uid: format!("p{pi}-right-source-{}", src.name),
+            schema,
+            watermark: body.iter().find_map(|s| match s {
+                Stage::AssignWatermark { expr, .. } => Some(expr.clone()),
+                _ => None,
+            }),
+        }),
+        sink: None,
+    })
 }
 
 fn stage_name(s: &Stage) -> String {
@@ -300,5 +458,6 @@ fn stage_name(s: &Stage) -> String {
         Stage::WindowAggregate { .. } => "WindowAggregate".into(),
         Stage::GroupAggregate { .. } => "GroupAggregate".into(),
         Stage::Deduplicate { .. } => "Deduplicate".into(),
+        Stage::IntervalJoin { .. } => "IntervalJoin".into(),
     }
 }

@@ -258,6 +258,7 @@ pub fn run_local(
             .as_ref()
             .map(|c| c.config.mode)
             .unwrap_or(super::CheckpointingMode::AtLeastOnce),
+        cancelled: Default::default(),
     };
     // Channels into every vertex with an input: one receiver per subtask.
     let mut txs: Vec<Vec<SyncSender<Envelope>>> = Vec::new();
@@ -286,12 +287,14 @@ pub fn run_local(
     let mut threads = Vec::new();
     for id in graph.subtasks() {
         let v = graph.vertex(id.vertex)?;
+        // The right input of a join has the channels after the left input's.
+        let out_channel = graph.output_channel(id.vertex, id.subtask);
         let outputs: Vec<Box<dyn OutputChannel>> = match v.output {
             Some(next) => txs[next]
                 .iter()
                 .enumerate()
                 .map(|(target, tx)| {
-                    Box::new(ChannelOutput::new(id.subtask, target, tx.clone()))
+                    Box::new(ChannelOutput::new(out_channel, target, tx.clone()))
                         as Box<dyn OutputChannel>
                 })
                 .collect(),
@@ -395,6 +398,7 @@ pub fn run_local(
                             }
                             Some(ControlRequest::Cancel) => {
                                 cancelled = true;
+                                task_cfg.cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
                                 for s in subtasks.iter().rev() {
                                     let _ = commands.send(*s, SubtaskCommand::Cancel);
                                 }

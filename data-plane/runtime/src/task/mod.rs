@@ -34,8 +34,8 @@ use sluice_blob::checkpoint::CheckpointStore;
 
 pub use graph::{JobGraph, SinkSpec, SourceSpec, VertexId, VertexInput, VertexSpec};
 pub use state::{
-    ENGINE_STATE_FORMAT, EngineState, OperatorState, PendingCommit, RestoreSnapshot, SinkState,
-    SourceState, SubtaskState,
+    ENGINE_STATE_FORMAT, EngineState, NativeConverter, NativeFile, NativeSnapshots, NativeStateRef,
+    OperatorState, PendingCommit, RestoreSnapshot, SinkState, SourceState, SubtaskState,
 };
 pub use subtask::run_subtask;
 
@@ -142,6 +142,9 @@ pub struct TaskConfig {
     /// `None`: checkpointing is off (barriers are forwarded, nothing is uploaded).
     pub storage: Option<SnapshotStorage>,
     pub mode: CheckpointingMode,
+    /// Set by whoever runs the attempt when it cancels it (subtasks also get
+    /// `SubtaskCommand::Cancel`, but a subtask blocked inside a connector cannot read it).
+    pub cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Everything [`run_subtask`] needs.

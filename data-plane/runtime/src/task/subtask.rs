@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, SchemaRef};
-use sluice_state::{ReadSeek, key_group_range};
+use sluice_state::key_group_range;
 
-use super::state::{PendingCommit, SinkState, SourceState, SubtaskState};
-use super::upload::Upload;
+use super::state::{PendingCommit, RestoreEnv, SinkState, SourceState, SubtaskState};
+use super::upload::{SharedUploads, Upload};
 use super::{
     CheckpointingMode, EventSink, InputGate, SubtaskCommand, SubtaskEvent, SubtaskId, SubtaskSetup,
     TaskConfig, VertexSpec,
@@ -48,14 +48,26 @@ pub fn run_subtask(setup: SubtaskSetup) -> Result<()> {
     let id = setup.id;
     let events = setup.events.clone();
     let mut uploads = Vec::new();
-    let result = match Subtask::open(setup) {
-        Ok(mut t) => {
-            let r = t.run();
-            uploads = std::mem::take(&mut t.uploads);
-            r
+    // A panic (a bug, or a connector's assertion) must still end in a `Failed` event:
+    // without one the job would wait for this subtask forever.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match Subtask::open(setup) {
+            Ok(mut t) => {
+                let r = t.run();
+                uploads = std::mem::take(&mut t.uploads);
+                r
+            }
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
-    };
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        Err(RuntimeError::Task(format!("subtask {id} panicked: {what}")))
+    });
     for u in uploads {
         let _ = u.join();
     }
@@ -143,6 +155,8 @@ struct Subtask {
     events: Arc<dyn EventSink>,
     input: Option<Box<dyn InputGate>>,
     channels: usize,
+    /// Channels from this one on feed input 1 of a two-input vertex.
+    side_from: usize,
     source: Option<SourceSide>,
     /// Input watermark (for a source: the one it emitted).
     watermark: i64,
@@ -154,6 +168,8 @@ struct Subtask {
     /// Highest barrier id aligned or given up.
     last_barrier: u64,
     uploads: Vec<JoinHandle<()>>,
+    /// Shared files of incremental checkpoints this attempt has uploaded.
+    shared: SharedUploads,
 }
 
 impl Subtask {
@@ -206,6 +222,7 @@ impl Subtask {
             })
             .transpose()?;
         let mut restored_wm = i64::MIN;
+        let shared = SharedUploads::default();
         if let (Some(r), Some(rt)) = (&s.restore, &restore_rt) {
             for (op, uid) in ops.iter_mut().zip(&uids) {
                 if !op.is_stateful() {
@@ -213,16 +230,19 @@ impl Subtask {
                 }
                 let range = key_group_range(s.graph.max_parallelism, p as u16, st as u16)
                     .ctx(|| format!("key groups of subtask {st} of {p}"))?;
-                let (files, wm) = r.operator_files(uid, range);
-                let mut readers = r.read_files(&files, rt)?;
-                let mut refs: Vec<&mut dyn ReadSeek> =
-                    readers.iter_mut().map(|c| c as &mut dyn ReadSeek).collect();
-                op.restore(&mut refs, wm)?;
+                let env = RestoreEnv {
+                    native: &s.config.job.native,
+                    rt,
+                    uploads: &shared,
+                    metrics: &s.metrics,
+                };
+                let wm = r.restore_operator(uid, range, op.as_mut(), &env)?;
                 restored_wm = restored_wm.max(wm);
             }
         }
         let chain = Chain::with_uids(ops, uids);
         let mut sink_uid = String::new();
+        let mut restored_pending = Vec::new();
         let tail = match (&vertex.output_exchange, &vertex.sink) {
             (Some(x), _) => {
                 let types: Vec<DataType> = out_schema
@@ -263,16 +283,20 @@ impl Subtask {
                     sink_uid: sink.uid.clone(),
                     exactly_once: s.config.mode == CheckpointingMode::ExactlyOnce
                         && s.config.storage.is_some(),
+                    cancelled: s.config.cancelled.clone(),
                 };
                 let mut writer = s.connectors.get(&sink.table)?.create_sink(&ctx)?;
                 if let Some(r) = &s.restore {
-                    // Output of checkpoints that completed before the crash may or
-                    // may not be committed: commit it (idempotently) before any new row.
-                    for c in r.sink_commits(&sink.uid, st, p) {
-                        failpoint::hit("before_sink_commit");
-                        writer.commit(c.checkpoint_id, &c.committable)?;
-                        failpoint::hit("after_sink_commit");
-                    }
+                    // Output of checkpoints that completed before the crash may or may
+                    // not be committed. It is re-committed (idempotently) with this
+                    // attempt's first completed checkpoint, not now: by then every sink
+                    // subtask of the attempt has started and fenced what the crashed
+                    // one left half-done, so what the external system reports as
+                    // committed is settled. (A Kafka broker may report a transaction's
+                    // offsets late while another producer's transaction on the same
+                    // partitions is still open: tansu does.)
+                    writer.recover(&r.sink_origins(&sink.uid, st, p))?;
+                    restored_pending = r.sink_commits(&sink.uid, st, p);
                 }
                 sink_uid = sink.uid.clone();
                 let wm = s.metrics.gauge(
@@ -354,6 +378,7 @@ impl Subtask {
             )));
         }
         let last_barrier = s.restore.as_ref().map(|r| r.checkpoint_id()).unwrap_or(0);
+        let side_from = s.graph.side_input_channel(vertex.id).unwrap_or(usize::MAX);
         Ok(Subtask {
             id: s.id,
             vertex,
@@ -364,13 +389,15 @@ impl Subtask {
             events: s.events,
             input: s.input,
             channels,
+            side_from,
             source,
             watermark,
-            sink_pending: Vec::new(),
+            sink_pending: restored_pending,
             sink_uid,
             awaiting: None,
             last_barrier,
             uploads: Vec::new(),
+            shared,
         })
     }
 
@@ -554,6 +581,9 @@ impl Subtask {
                 continue;
             }
             match message {
+                Message::Data(b) if ch >= self.side_from => {
+                    self.chain.process_input(1, b, &mut self.tail)?
+                }
                 Message::Data(b) => self.chain.process(b, &mut self.tail)?,
                 Message::Watermark(w) => {
                     wms[ch] = wms[ch].max(w);
@@ -679,6 +709,11 @@ impl Subtask {
                 let committable = writer.prepare_commit(id)?;
                 self.sink_pending.push(PendingCommit {
                     checkpoint_id: id,
+                    generation: self
+                        .cfg
+                        .storage
+                        .as_ref()
+                        .map_or(0, |s| s.store.generation()),
                     committable,
                 });
                 self.awaiting = Some(id);
@@ -702,8 +737,11 @@ impl Subtask {
                 source,
                 sink,
                 watermark: self.watermark,
+                uploaded_bytes: 0,
             },
             snaps,
+            native_backend: self.cfg.job.native.backend.clone(),
+            shared: self.shared.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("sluice-upload-{}", self.id))
@@ -726,7 +764,7 @@ impl Subtask {
         self.sink_pending = rest;
         for c in done {
             failpoint::hit("before_sink_commit");
-            writer.commit(c.checkpoint_id, &c.committable)?;
+            writer.commit(c.sequence(), &c.committable)?;
             failpoint::hit("after_sink_commit");
         }
         Ok(())
@@ -762,7 +800,7 @@ impl Subtask {
         let pending = std::mem::take(&mut self.sink_pending);
         if let Tail::Sink { writer, .. } = &mut self.tail {
             for c in pending {
-                writer.commit(c.checkpoint_id, &c.committable)?;
+                writer.commit(c.sequence(), &c.committable)?;
             }
             writer.finish()?;
         }

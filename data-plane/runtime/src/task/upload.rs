@@ -2,14 +2,23 @@
 //! snapshot file (in memory, or spilled to a temporary file when large), upload
 //! it into the checkpoint's or savepoint's directory, then acknowledge with the
 //! subtask's state — or decline with the error.
+//!
+//! Incremental checkpoints: when the job's backend takes native snapshots, a
+//! checkpoint (never a savepoint) uploads the backend's files instead; the
+//! immutable ones go to the job root's `shared/` once per subtask attempt
+//! ([`SharedUploads`]) and later checkpoints list them again without uploading.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use sluice_blob::BlobPath;
+use sluice_blob::checkpoint::{FileRef, SHARED_DIR};
 use sluice_state::PendingSnapshot;
+use sluice_state::snapshot::NativeFiles;
 
-use super::state::{OperatorState, SubtaskState};
+use super::state::{NativeFile, NativeStateRef, OperatorState, SubtaskState};
 use super::{EventSink, SnapshotStorage, SubtaskEvent, SubtaskId};
 use crate::error::{Context, Result, RuntimeError};
 use crate::failpoint;
@@ -23,6 +32,74 @@ pub(super) struct Upload {
     pub(super) barrier: Barrier,
     pub(super) state: SubtaskState,
     pub(super) snaps: Vec<(String, Box<dyn PendingSnapshot>)>,
+    /// The job's backend when checkpoints are incremental (see `NativeSnapshots`).
+    pub(super) native_backend: Option<String>,
+    pub(super) shared: SharedUploads,
+}
+
+/// The shared files one subtask attempt has uploaded (or restored from), by
+/// operator uid and file name in the backend's snapshot directory. A name is
+/// reused only while the same database lives, and its content never changes
+/// under it (RocksDB SST numbers), so one upload serves every later checkpoint
+/// of this attempt. The attempt's random `nonce` in every key keeps attempts
+/// (restarts, restores, zombies of an earlier attempt) from colliding on the
+/// numbers a fresh database starts again from.
+#[derive(Clone, Default)]
+pub(crate) struct SharedUploads {
+    inner: Arc<Mutex<SharedInner>>,
+}
+
+#[derive(Default)]
+struct SharedInner {
+    nonce: Option<String>,
+    files: HashMap<(String, String), FileRef>,
+}
+
+impl SharedUploads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nonce(&self) -> String {
+        self.lock().nonce.get_or_insert_with(new_nonce).clone()
+    }
+
+    fn get(&self, uid: &str, name: &str) -> Option<FileRef> {
+        self.lock()
+            .files
+            .get(&(uid.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    fn insert(&self, uid: &str, name: &str, file: FileRef) {
+        self.lock()
+            .files
+            .insert((uid.to_string(), name.to_string()), file);
+    }
+
+    /// After opening a native snapshot as the database: its shared files are uploaded already.
+    pub(crate) fn seed(&self, uid: &str, files: impl Iterator<Item = (String, FileRef)>) {
+        let mut inner = self.lock();
+        for (name, file) in files {
+            inner.files.insert((uid.to_string(), name), file);
+        }
+    }
+}
+
+/// 64 random-enough bits in hex: the clock, the process and a per-process counter, hashed.
+fn new_nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{:016x}", h.finish())
 }
 
 impl Upload {
@@ -46,13 +123,29 @@ impl Upload {
     }
 
     fn upload(&mut self, snaps: Vec<(String, Box<dyn PendingSnapshot>)>) -> Result<()> {
-        let store = &self.storage.store;
         let dir = match &self.barrier.savepoint {
-            Some(name) => store.savepoint_dir(name),
-            None => store.checkpoint_dir(self.barrier.checkpoint_id),
+            Some(name) => self.storage.store.savepoint_dir(name),
+            None => self
+                .storage
+                .store
+                .checkpoint_dir(self.barrier.checkpoint_id),
         }
         .map_err(|e| RuntimeError::Task(format!("snapshot directory: {e}")))?;
-        for (uid, snap) in snaps {
+        let store = self.storage.store.clone();
+        let incremental = self.barrier.savepoint.is_none() && self.native_backend.is_some();
+        for (uid, mut snap) in snaps {
+            if incremental
+                && let Some(files) = snap
+                    .native_files()
+                    .ctx(|| format!("the native snapshot of operator {uid}"))?
+                && self.native_backend.as_deref() == Some(files.backend)
+            {
+                let op = self.upload_native(&dir, &uid, files)?;
+                self.state.operators.push(op);
+                // Dropping the snapshot removes its native checkpoint directory.
+                drop(snap);
+                continue;
+            }
             let mut buf = Spill::new(SPILL_BYTES);
             snap.write_to(&mut buf)
                 .ctx(|| format!("writing the state of operator {uid}"))?;
@@ -70,9 +163,82 @@ impl Upload {
             };
             let file =
                 uploaded.map_err(|e| RuntimeError::Task(format!("uploading {name}: {e}")))?;
-            self.state.operators.push(OperatorState { uid, file });
+            self.state.uploaded_bytes += file.size_bytes;
+            self.state.operators.push(OperatorState {
+                uid,
+                file,
+                native: None,
+            });
         }
         Ok(())
+    }
+
+    /// Uploads an operator's native snapshot: shared files this attempt has not
+    /// uploaded yet, every other file, and the meta file (state table, timers).
+    fn upload_native(
+        &mut self,
+        dir: &BlobPath,
+        uid: &str,
+        native: NativeFiles,
+    ) -> Result<OperatorState> {
+        let store = &self.storage.store;
+        let rt = &self.storage.runtime;
+        let (subtask, p) = (self.state.subtask, self.state.parallelism);
+        let stem = format!("{uid}-{subtask}-of-{p}");
+        let prefix = format!(
+            "{SHARED_DIR}/{uid}/{subtask}-of-{p}/g{}-{}",
+            store.generation(),
+            self.shared.nonce()
+        );
+        let mut files = Vec::with_capacity(native.immutable.len() + native.mutable.len());
+        for name in native.immutable {
+            let file = match self.shared.get(uid, &name) {
+                Some(f) => f,
+                None => {
+                    let key = format!("{prefix}-{name}");
+                    let f = rt
+                        .block_on(store.write_local_file(
+                            store.root(),
+                            &key,
+                            &native.dir.join(&name),
+                        ))
+                        .map_err(|e| RuntimeError::Task(format!("uploading {key}: {e}")))?;
+                    self.state.uploaded_bytes += f.size_bytes;
+                    self.shared.insert(uid, &name, f.clone());
+                    f
+                }
+            };
+            files.push(NativeFile {
+                name,
+                shared: true,
+                file,
+            });
+        }
+        for name in native.mutable {
+            let key = format!("{stem}.native/{name}");
+            let file = rt
+                .block_on(store.write_local_file(dir, &key, &native.dir.join(&name)))
+                .map_err(|e| RuntimeError::Task(format!("uploading {key}: {e}")))?;
+            self.state.uploaded_bytes += file.size_bytes;
+            files.push(NativeFile {
+                name,
+                shared: false,
+                file,
+            });
+        }
+        let name = format!("{stem}.state");
+        let file = rt
+            .block_on(store.write_file(dir, &name, Bytes::from(native.meta)))
+            .map_err(|e| RuntimeError::Task(format!("uploading {name}: {e}")))?;
+        self.state.uploaded_bytes += file.size_bytes;
+        Ok(OperatorState {
+            uid: uid.to_string(),
+            file,
+            native: Some(NativeStateRef {
+                backend: native.backend.to_string(),
+                files,
+            }),
+        })
     }
 }
 

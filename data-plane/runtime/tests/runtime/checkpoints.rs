@@ -16,9 +16,9 @@ use sluice_runtime::task::local::{
     ChannelGate, LocalCheckpointing, LocalControl, LocalOptions, LocalReport, run_local,
 };
 use sluice_runtime::task::{
-    CheckpointingMode, EngineState, EventSink, JobGraph, OperatorState, RestoreSnapshot,
-    SnapshotStorage, SubtaskCommand, SubtaskEvent, SubtaskId, SubtaskSetup, SubtaskState,
-    TaskConfig, run_subtask,
+    CheckpointingMode, EngineState, EventSink, JobGraph, NativeSnapshots, OperatorState,
+    RestoreSnapshot, SnapshotStorage, SubtaskCommand, SubtaskEvent, SubtaskId, SubtaskSetup,
+    SubtaskState, TaskConfig, run_subtask,
 };
 use sluice_runtime::{
     Barrier, Envelope, JobConfig, Message, MetricsRegistry, StateFactory, memory_state,
@@ -42,11 +42,11 @@ INSERT INTO grp SELECT user_id, COUNT(*), SUM(v) FROM src GROUP BY user_id;
 
 const SINK_NAMES: [&str; 3] = ["-win", "-ovr", "-grp"];
 
-fn plan() -> sluice_sql::JobPlan {
+pub(super) fn plan() -> sluice_sql::JobPlan {
     sluice_sql::plan(&format!("{SRC}{SINKS}")).unwrap_or_else(|e| panic!("plan: {e:?}"))
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -55,7 +55,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// The job's checkpoint storage at `generation`, claimed.
-fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path, generation: u64) -> CheckpointStore {
+pub(super) fn store(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    generation: u64,
+) -> CheckpointStore {
     rt.block_on(async {
         let fs: Arc<dyn BlobStore> = Arc::new(FsStore::open(dir).await.expect("fs store"));
         let s = CheckpointStore::new(fs, BlobPath::new("jobs/j1").expect("root"), generation)
@@ -66,7 +70,11 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path, generation: u64) -
 }
 
 /// The job's checkpoint storage at `generation` in a fresh bucket of the test S3 service, claimed.
-fn s3_store(rt: &tokio::runtime::Runtime, bucket: &str, generation: u64) -> CheckpointStore {
+pub(super) fn s3_store(
+    rt: &tokio::runtime::Runtime,
+    bucket: &str,
+    generation: u64,
+) -> CheckpointStore {
     rt.block_on(async {
         let svc = sluice_test_support::s3();
         let opts = sluice_blob_s3::S3Options::compatible(
@@ -89,7 +97,7 @@ fn s3_store(rt: &tokio::runtime::Runtime, bucket: &str, generation: u64) -> Chec
     })
 }
 
-fn rocksdb_state(dir: std::path::PathBuf) -> StateFactory {
+pub(super) fn rocksdb_state(dir: std::path::PathBuf) -> StateFactory {
     Arc::new(move |max_parallelism, range| {
         let b = sluice_state_rocksdb::RocksDbBackend::open_temp(
             Some(&dir),
@@ -105,26 +113,31 @@ fn rocksdb_state(dir: std::path::PathBuf) -> StateFactory {
     })
 }
 
-struct Job {
-    parallelism: usize,
-    state: StateFactory,
-    source: SourceOptions,
-    checkpointing: Option<(CheckpointStore, CheckpointConfig)>,
-    restore: Option<RestoreSnapshot>,
-    seed: Committed,
-    control: Option<sluice_runtime::task::local::ControlInbox>,
+pub(super) struct Job {
+    pub(super) parallelism: usize,
+    pub(super) state: StateFactory,
+    pub(super) source: SourceOptions,
+    pub(super) checkpointing: Option<(CheckpointStore, CheckpointConfig)>,
+    pub(super) restore: Option<RestoreSnapshot>,
+    pub(super) seed: Committed,
+    pub(super) control: Option<sluice_runtime::task::local::ControlInbox>,
     /// The sinks also commit into files here.
-    persist: Option<std::path::PathBuf>,
-    vertex_parallelism: std::collections::BTreeMap<usize, usize>,
+    pub(super) persist: Option<std::path::PathBuf>,
+    pub(super) vertex_parallelism: std::collections::BTreeMap<usize, usize>,
+    /// Incremental (native) checkpoints and their conversion.
+    pub(super) native: NativeSnapshots,
 }
 
-struct Ran {
-    committed: Committed,
-    report: LocalReport,
-    records_in: u64,
+pub(super) struct Ran {
+    pub(super) committed: Committed,
+    pub(super) report: LocalReport,
+    pub(super) records_in: u64,
+    /// Operator subtasks restored by opening native files, and by converting them.
+    pub(super) restored_native: u64,
+    pub(super) restored_converted: u64,
 }
 
-fn slow() -> SourceOptions {
+pub(super) fn slow() -> SourceOptions {
     SourceOptions {
         rows_per_split: 1000,
         batch: 20,
@@ -132,7 +145,7 @@ fn slow() -> SourceOptions {
     }
 }
 
-fn fast() -> SourceOptions {
+pub(super) fn fast() -> SourceOptions {
     SourceOptions {
         rows_per_split: 1000,
         batch: 100,
@@ -140,7 +153,7 @@ fn fast() -> SourceOptions {
     }
 }
 
-fn job(parallelism: usize, source: SourceOptions) -> Job {
+pub(super) fn job(parallelism: usize, source: SourceOptions) -> Job {
     Job {
         parallelism,
         state: memory_state(),
@@ -151,10 +164,24 @@ fn job(parallelism: usize, source: SourceOptions) -> Job {
         control: None,
         persist: None,
         vertex_parallelism: Default::default(),
+        native: NativeSnapshots::default(),
     }
 }
 
-fn checkpoint_cfg(interval_ms: u64, retain_last: usize) -> CheckpointConfig {
+/// What the engine binary gives a job: RocksDB state takes incremental checkpoints
+/// (`incremental`), and native snapshots convert for any other restore.
+pub(super) fn native(incremental: bool) -> NativeSnapshots {
+    NativeSnapshots {
+        backend: incremental.then(|| "rocksdb".to_string()),
+        converter: Some(Arc::new(
+            |dir: &std::path::Path, out: &mut dyn std::io::Write| {
+                sluice_state_rocksdb::native_to_canonical(dir, out)
+            },
+        )),
+    }
+}
+
+pub(super) fn checkpoint_cfg(interval_ms: u64, retain_last: usize) -> CheckpointConfig {
     CheckpointConfig {
         interval_ms,
         min_pause_ms: 0,
@@ -165,7 +192,7 @@ fn checkpoint_cfg(interval_ms: u64, retain_last: usize) -> CheckpointConfig {
 }
 
 /// Runs the job with a deadline, so that a hang fails the test instead of blocking the suite.
-fn run(j: Job) -> sluice_runtime::Result<Ran> {
+pub(super) fn run(j: Job) -> sluice_runtime::Result<Ran> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         let _ = tx.send(run_unbounded(j));
@@ -179,6 +206,7 @@ fn run_unbounded(j: Job) -> sluice_runtime::Result<Ran> {
     let connectors = testconn::connectors(j.source, committed.clone(), j.persist);
     let mut cfg = JobConfig::new(j.parallelism);
     cfg.state = j.state;
+    cfg.native = j.native;
     let metrics = MetricsRegistry::new();
     let report = run_local(
         &plan(),
@@ -197,16 +225,20 @@ fn run_unbounded(j: Job) -> sluice_runtime::Result<Ran> {
         &metrics,
     )?;
     let records_in = metrics.counter_sum("sluice_source_records_total");
+    let restored_native = metrics.counter_sum("sluice_state_restored_native_total");
+    let restored_converted = metrics.counter_sum("sluice_state_restored_converted_total");
     drop(connectors);
     let committed = std::mem::take(&mut *committed.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Ran {
         committed,
         report,
         records_in,
+        restored_native,
+        restored_converted,
     })
 }
 
-fn golden() -> Vec<Vec<String>> {
+pub(super) fn golden() -> Vec<Vec<String>> {
     let a = run(job(2, fast())).expect("uninterrupted run");
     assert_eq!(a.records_in, 3 * 4 * 1000);
     SINK_NAMES
@@ -215,7 +247,7 @@ fn golden() -> Vec<Vec<String>> {
         .collect()
 }
 
-fn assert_same(expected: &[Vec<String>], got: &Committed, what: &str) {
+pub(super) fn assert_same(expected: &[Vec<String>], got: &Committed, what: &str) {
     for (i, s) in SINK_NAMES.iter().enumerate() {
         let rows = materialize(&got.rows(s, None));
         assert!(!expected[i].is_empty(), "{s}: no golden rows");
@@ -566,6 +598,7 @@ fn feed_skewed(mode: CheckpointingMode) -> (Vec<String>, Vec<String>) {
                 runtime: rt.handle().clone(),
             }),
             mode,
+            cancelled: Default::default(),
         },
         connectors,
         input: Some(Box::new(ChannelGate::new(rx))),
@@ -664,10 +697,12 @@ fn state_of_an_operator_the_job_lacks_needs_allow_non_restored_state() {
                     size_bytes: 0,
                     crc32: 0,
                 },
+                native: None,
             }],
             source: None,
             sink: None,
             watermark: 0,
+            uploaded_bytes: 0,
         }],
     };
     let meta = sluice_blob::checkpoint::SnapshotMetadata {
@@ -714,8 +749,9 @@ fn crash_at_each_failpoint_then_restore_latest_loses_and_duplicates_nothing() {
         let rt = rt();
         let gen1 = store(&rt, &dir.join("ck"), 1);
         let mut j = job(2, slow());
-        // Snapshots written by RocksDB here, restored into memory below.
+        // Incremental snapshots written by RocksDB here, converted into memory below.
         j.state = rocksdb_state(dir.clone());
+        j.native = native(true);
         j.checkpointing = Some((gen1, checkpoint_cfg(40, 1000)));
         j.persist = Some(dir.join("out"));
         let r = run(j);
@@ -768,6 +804,7 @@ fn crash_at_each_failpoint_then_restore_latest_loses_and_duplicates_nothing() {
             );
         }
         let mut j = job(3, fast());
+        j.native = native(false);
         j.checkpointing = Some((gen2, checkpoint_cfg(40, 3)));
         j.restore = latest;
         j.seed = Committed::load(&dir.path().join("out"));

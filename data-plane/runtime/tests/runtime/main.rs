@@ -5,4 +5,6 @@
 mod checkpoints;
 mod golden;
 mod golden_dedup_json;
+mod golden_join;
+mod incremental;
 mod testconn;

@@ -289,14 +289,15 @@ impl SinkWriter for Sink {
         Ok(c.into_bytes())
     }
 
-    fn commit(&mut self, checkpoint_id: u64, committable: &[u8]) -> Result<()> {
+    fn commit(&mut self, sequence: u64, committable: &[u8]) -> Result<()> {
         let text = String::from_utf8_lossy(committable).to_string();
         let mut lines = text.split('\n');
         let writer = lines.next().unwrap_or("").to_string();
         let id = lines.next().unwrap_or("").to_string();
+        // The sequence carries the generation above the checkpoint id.
         assert_eq!(
             id,
-            checkpoint_id.to_string(),
+            (sequence & 0xffff_ffff).to_string(),
             "committable of another checkpoint"
         );
         let rows: Vec<String> = lines.map(str::to_string).collect();

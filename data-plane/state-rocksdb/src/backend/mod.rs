@@ -18,7 +18,8 @@ use sluice_state::{
 
 use crate::keys::{self, prefix_successor, slot_prefix};
 use crate::options::{self, RocksDbConfig};
-use crate::snapshot::{CheckpointDir, PendingRocksSnapshot};
+use crate::snapshot::{CheckpointDir, PendingRocksSnapshot, read_native_meta};
+use sluice_state::snapshot::{NATIVE_META_FILE, RawRecord, decode_section};
 
 mod cache;
 
@@ -66,6 +67,13 @@ pub(crate) fn rocks_err(
         state,
         operation,
         source: Box::new(e),
+    }
+}
+
+fn corrupt_native(detail: String) -> StateError {
+    StateError::CorruptSnapshot {
+        context: "native rocksdb snapshot",
+        detail,
     }
 }
 
@@ -277,6 +285,127 @@ impl RocksDbBackend {
             it.next();
         }
         it.status().map_err(rocks_err(&meta.name, operation))
+    }
+
+    /// Opens the native snapshot downloaded to `dir` as this backend's database: its files move
+    /// into this backend's directory (a copy when they are on another filesystem). States registered
+    /// before keep their ids; the snapshot's other states are registered after them.
+    fn restore_native(&mut self, dir: &Path) -> Result<RestoreSummary> {
+        let meta = read_native_meta(dir)?;
+        if meta.max_parallelism != self.max_parallelism || meta.range != self.range {
+            return Err(StateError::InvalidArgument(format!(
+                "the native snapshot in {} covers key groups {} of max parallelism {}; this backend owns {} of {}: rescaling goes through the canonical format",
+                dir.display(),
+                meta.range,
+                meta.max_parallelism,
+                self.range,
+                self.max_parallelism
+            )));
+        }
+        let mut states = self.states.clone();
+        for s in &meta.states {
+            match states.iter().find(|x| x.name == s.name) {
+                Some(x) if x.kind != s.kind => {
+                    return Err(StateError::KindMismatch {
+                        name: s.name.clone(),
+                        existing: x.kind,
+                        requested: s.kind,
+                    });
+                }
+                Some(_) => {}
+                None => states.push(s.clone()),
+            }
+        }
+        let target = self.dir.join(format!("restored-{}", self.next_checkpoint));
+        self.next_checkpoint += 1;
+        let io = |context: &'static str| {
+            move |source: std::io::Error| StateError::Io { context, source }
+        };
+        std::fs::create_dir_all(&target).map_err(io("creating the restored rocksdb directory"))?;
+        for entry in std::fs::read_dir(dir).map_err(io("listing a native rocksdb snapshot"))? {
+            let entry = entry.map_err(io("listing a native rocksdb snapshot"))?;
+            if entry.file_name() == NATIVE_META_FILE {
+                continue;
+            }
+            let to = target.join(entry.file_name());
+            if std::fs::rename(entry.path(), &to).is_err() {
+                std::fs::copy(entry.path(), &to)
+                    .map_err(io("copying a native rocksdb snapshot file"))?;
+            }
+        }
+        let opts = options::base(&self.config, &self.block_cache);
+        let families = DB::list_cf(&opts, &target).map_err(rocks_err(
+            &format!("all states, in {}", target.display()),
+            "list column families of the native snapshot",
+        ))?;
+        let mut descriptors = Vec::new();
+        for cf in families
+            .iter()
+            .filter(|cf| *cf != rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+        {
+            let state = states
+                .iter()
+                .find(|s| &s.column_family == cf)
+                .ok_or_else(|| {
+                    corrupt_native(format!(
+                        "column family {cf} of {} is not in its state table",
+                        dir.display()
+                    ))
+                })?;
+            descriptors.push(rocksdb::ColumnFamilyDescriptor::new(
+                cf,
+                options::for_state(&self.config, &self.block_cache, state.kind),
+            ));
+        }
+        let mut db = DB::open_cf_descriptors(&opts, &target, descriptors).map_err(rocks_err(
+            &format!("all states, in {}", target.display()),
+            "open the native snapshot",
+        ))?;
+        for s in &states {
+            if !families.contains(&s.column_family) {
+                db.create_cf(
+                    &s.column_family,
+                    &options::for_state(&self.config, &self.block_cache, s.kind),
+                )
+                .map_err(rocks_err(&s.name, "create column family"))?;
+            }
+        }
+        // Nothing is cached yet (a backend restores before its first record), but a cached
+        // absence would hide restored values.
+        self.cache.map.clear();
+        let old = std::mem::replace(&mut self.db, db);
+        drop(old);
+        let old_dir = self.dir.join("db");
+        if old_dir.exists() {
+            std::fs::remove_dir_all(&old_dir).map_err(io("removing the empty rocksdb database"))?;
+        }
+        self.states = states;
+        let mut summary = RestoreSummary {
+            key_groups: meta.range.len() as u32,
+            records: 0,
+        };
+        for (key_group, section) in &meta.timer_sections {
+            decode_section(section.bytes(), &mut |raw| {
+                if let RawRecord::Timer {
+                    domain,
+                    time,
+                    key,
+                    namespace,
+                } = raw
+                {
+                    if key_group_of(key, self.max_parallelism) != *key_group {
+                        return Err(corrupt_native(format!(
+                            "a timer of another key group in the section of {key_group} in {}",
+                            dir.display()
+                        )));
+                    }
+                    summary.records += 1;
+                    self.timers.register(domain, time, key, namespace);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(summary)
     }
 
     fn flush_restore_batch(&mut self) -> Result<()> {
@@ -681,6 +810,22 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 
     fn restore(&mut self, sources: &mut [&mut dyn ReadSeek]) -> Result<RestoreSummary> {
+        let mut native = None;
+        for source in sources.iter_mut() {
+            if let Some(found) = snapshot::parse_native_restore(&mut **source)? {
+                native = Some(found);
+            }
+        }
+        if let Some((kind, dir)) = native {
+            if sources.len() != 1 || kind != "rocksdb" {
+                return Err(StateError::InvalidArgument(format!(
+                    "a native {kind} snapshot ({}) restores alone into a rocksdb backend of its key groups, not with {} other source(s)",
+                    dir.display(),
+                    sources.len() - 1
+                )));
+            }
+            return self.restore_native(&dir);
+        }
         // Restored values are written under the cache; a cached absence would hide them.
         self.cache_flush(false)?;
         self.cache.map.clear();

@@ -8,7 +8,8 @@
 
 pub mod format;
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 pub use format::{
     FORMAT_VERSION, RawRecord, SectionWriter, SnapshotFileWriter, SnapshotReader, SnapshotSummary,
@@ -25,6 +26,82 @@ use crate::keygroup::{KeyGroupRange, key_group_of};
 pub trait PendingSnapshot: Send {
     /// Writes the snapshot file to `out`. Wrap slow sinks in a `BufWriter`: sections are written whole.
     fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<SnapshotSummary>;
+
+    /// The backend's own files of this snapshot, when it has them (RocksDB's native checkpoint), for
+    /// incremental checkpoints. The files stay on disk as long as this snapshot lives. Savepoints
+    /// never use them: they always call [`write_to`](Self::write_to).
+    fn native_files(&mut self) -> Result<Option<NativeFiles>> {
+        Ok(None)
+    }
+}
+
+/// A backend's native snapshot: a local directory the backend can open again as its database.
+#[derive(Debug, Clone)]
+pub struct NativeFiles {
+    /// The backend that opens these files (`"rocksdb"`).
+    pub backend: &'static str,
+    pub dir: PathBuf,
+    /// Names of files in `dir` that never change under their name for the life of the database
+    /// (RocksDB's SST files), so one upload can serve many checkpoints.
+    pub immutable: Vec<String>,
+    /// Names of the other files in `dir` (small, rewritten for every snapshot).
+    pub mutable: Vec<String>,
+    /// A canonical snapshot file without keyed records: the state table, the key-group range and
+    /// the timers (which live on the heap, outside the native files).
+    pub meta: Vec<u8>,
+}
+
+/// Name of the [`NativeFiles::meta`] file inside a downloaded native snapshot directory.
+pub const NATIVE_META_FILE: &str = "SLUICE-META.state";
+
+const NATIVE_RESTORE_MAGIC: &[u8] = b"sluice-native-restore\n";
+
+/// A restore source asking a backend of kind `backend` to open the native snapshot downloaded to
+/// `dir` (its files and [`NATIVE_META_FILE`]) as its database, instead of reading records. Only a
+/// backend of that kind with the snapshot's exact key-group range accepts it; it may move the files.
+pub fn native_restore_source(backend: &str, dir: &Path) -> Result<Vec<u8>> {
+    let dir = dir.to_str().ok_or_else(|| {
+        StateError::InvalidArgument(format!(
+            "native snapshot directory {} is not UTF-8",
+            dir.display()
+        ))
+    })?;
+    let mut out = NATIVE_RESTORE_MAGIC.to_vec();
+    out.extend_from_slice(format!("{backend}\n{dir}").as_bytes());
+    Ok(out)
+}
+
+/// `(backend, directory)` when `source` is a [`native_restore_source`]; the source is rewound either way.
+pub fn parse_native_restore(source: &mut dyn ReadSeek) -> Result<Option<(String, PathBuf)>> {
+    let io = StateError::io("reading a restore source");
+    let start = source.stream_position().map_err(io)?;
+    let mut head = vec![0u8; NATIVE_RESTORE_MAGIC.len()];
+    let mut got = 0;
+    while got < head.len() {
+        match source
+            .read(&mut head[got..])
+            .map_err(StateError::io("reading a restore source"))?
+        {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let found = if got == head.len() && head == NATIVE_RESTORE_MAGIC {
+        let mut rest = String::new();
+        source
+            .read_to_string(&mut rest)
+            .map_err(StateError::io("reading a native restore source"))?;
+        let (backend, dir) = rest
+            .split_once('\n')
+            .ok_or_else(|| StateError::corrupt("native restore source", "no backend line"))?;
+        Some((backend.to_string(), PathBuf::from(dir)))
+    } else {
+        None
+    };
+    source
+        .seek(SeekFrom::Start(start))
+        .map_err(StateError::io("rewinding a restore source"))?;
+    Ok(found)
 }
 
 /// Anything a snapshot can be restored from (a file, a `Cursor` over downloaded bytes).
@@ -112,6 +189,13 @@ pub fn restore_into<B: KeyedStateBackend + ?Sized>(
     let mut summary = RestoreSummary::default();
     let mut buf = Vec::new();
     for source in sources.iter_mut() {
+        if let Some((kind, dir)) = parse_native_restore(&mut **source)? {
+            return Err(StateError::InvalidArgument(format!(
+                "the native {kind} snapshot in {} cannot be restored record by record into the {} backend: convert it to the canonical format first",
+                dir.display(),
+                backend.backend_name()
+            )));
+        }
         let mut reader = SnapshotReader::open(&mut **source)?;
         if reader.max_parallelism() != max_parallelism {
             return Err(StateError::MaxParallelismMismatch {
