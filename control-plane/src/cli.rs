@@ -13,10 +13,13 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use sluice_api_types::{
-    Admission, CreateApiKey, CreateApplication, CreateComputePool, PageParams, Role,
-    RollbackRequest, UpdateApplication, UpdateComputePool,
+    Admission, CreateApiKey, CreateApplication, CreateComputePool, LoginRequest, Role,
+    RollbackRequest, TokenRequest, UpdateApplication, UpdateComputePool,
 };
-use sluice_client::Client;
+use sluice_client::{
+    Client, ListApiKeysQuery, ListApplicationVersionsQuery, ListApplicationsQuery,
+    ListComputePoolsQuery,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -331,10 +334,8 @@ fn etag(v: Option<i64>) -> Option<String> {
 
 /// Runs one client command, writing its output to `out`.
 pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Result<()> {
-    let all = PageParams {
-        page_size: Some(200),
-        page_token: None,
-    };
+    // One page of the largest size: the table says when there is more.
+    let page_size = Some(200);
     match cmd {
         ClientCmd::Login {
             key_id,
@@ -348,8 +349,12 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 .context("login needs --url (or SLUICE_CLI_URL)")?;
             let c = Client::new(&url);
             let t = match (key_id, secret, email, password) {
-                (Some(k), Some(s), None, None) => c.token(&k, &s).await?,
-                (None, None, Some(e), Some(p)) => c.login(&e, &p).await?,
+                (Some(key_id), Some(secret), None, None) => {
+                    c.token(&TokenRequest { key_id, secret }).await?
+                }
+                (None, None, Some(email), Some(password)) => {
+                    c.login(&LoginRequest { email, password }).await?
+                }
                 _ => anyhow::bail!(
                     "login needs either --key-id and --secret, or --email and --password"
                 ),
@@ -383,7 +388,11 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 PoolsCmd::List => print(
                     out,
                     opts,
-                    &api.list_compute_pools(&all).await?,
+                    &api.list_compute_pools(&ListComputePoolsQuery {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await?,
                     Some("/items"),
                     POOL,
                 ),
@@ -409,7 +418,7 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                     print(
                         out,
                         opts,
-                        &api.create_compute_pool(&req).await?.value,
+                        &api.create_compute_pool(&req, None).await?.value,
                         None,
                         POOL,
                     )
@@ -444,7 +453,11 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 AppsCmd::List => print(
                     out,
                     opts,
-                    &api.list_applications(&all).await?,
+                    &api.list_applications(&ListApplicationsQuery {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await?,
                     Some("/items"),
                     APP,
                 ),
@@ -456,7 +469,7 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                     print(
                         out,
                         opts,
-                        &api.create_application(&req).await?.value,
+                        &api.create_application(&req, None).await?.value,
                         None,
                         APP,
                     )
@@ -482,14 +495,14 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 AppsCmd::Start { id } => print(
                     out,
                     opts,
-                    &api.application_action(&id, "start", None).await?,
+                    &api.start_application(&id, None, None).await?,
                     None,
                     OP,
                 ),
                 AppsCmd::Stop { id } => print(
                     out,
                     opts,
-                    &api.application_action(&id, "stop", None).await?,
+                    &api.stop_application(&id, None, None, None).await?,
                     None,
                     OP,
                 ),
@@ -498,7 +511,8 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                     print(
                         out,
                         opts,
-                        &api.application_action(&id, "rollback", Some(&req)).await?,
+                        &api.rollback_application(&id, Some(&req), None, None)
+                            .await?,
                         None,
                         OP,
                     )
@@ -511,14 +525,21 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 VersionsCmd::List { app } => print(
                     out,
                     opts,
-                    &api.list_versions(&app, &all).await?,
+                    &api.list_application_versions(
+                        &app,
+                        &ListApplicationVersionsQuery {
+                            page_size,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
                     Some("/items"),
                     VERSION,
                 ),
                 VersionsCmd::Get { app, version } => print(
                     out,
                     opts,
-                    &api.get_version(&app, version).await?,
+                    &api.get_application_version(&app, version).await?,
                     None,
                     VERSION,
                 ),
@@ -530,7 +551,11 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                 ApiKeysCmd::List => print(
                     out,
                     opts,
-                    &api.list_api_keys(&all).await?,
+                    &api.list_api_keys(&ListApiKeysQuery {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await?,
                     Some("/items"),
                     KEY,
                 ),
@@ -553,7 +578,7 @@ pub async fn run(opts: &Opts, cmd: ClientCmd, out: &mut dyn Write) -> anyhow::Re
                         compute_pool_id: pool.as_deref().map(ids).transpose()?,
                         expires_at: None,
                     };
-                    let created = api.create_api_key(&req).await?;
+                    let created = api.create_api_key(&req, None).await?;
                     print(
                         out,
                         opts,

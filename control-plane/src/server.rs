@@ -48,7 +48,8 @@ pub async fn start_with(cfg: Config, injected: Injected) -> anyhow::Result<Runni
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let keys = KeyRing::load(db.clone(), cfg.auth.clone()).await;
-    let limiter = std::sync::Arc::new(http::rate_limit::RateLimiter::new(
+    let limiter = std::sync::Arc::new(http::rate_limit::RateLimiter::shared(
+        db.clone(),
         cfg.limits.requests_per_second,
         cfg.limits.burst,
     ));

@@ -18,6 +18,13 @@
 //! - `list` returns every cluster this provisioner manages, so that a restarted control
 //!   plane re-adopts running clusters instead of restarting them.
 //! - `delete` is idempotent and returns the final observation, with exit times.
+//! - Leadership: a provisioner that acts on its own between calls (the local one supervises
+//!   and restarts processes) acts only between [`Provisioner::activate`] and
+//!   [`Provisioner::deactivate`], which the reconciler calls when its process is elected
+//!   leader and when it stops leading. Activation re-reads what a predecessor left (records,
+//!   working directories) and re-adopts what runs; deactivation stops acting at once and
+//!   leaves clusters running. A standby still answers `observe` and `list` (from what the
+//!   leader persisted) but refuses `apply` and `delete` with [`ProvisionError::NotLeader`].
 //!
 //! Tests: `dev/cargo test -p sluice-provisioner` (the local provisioner tests start the
 //! real `sluice-engine` binary from the workspace target directory).
@@ -237,6 +244,10 @@ pub enum ProvisionError {
     /// A resource limit of the provisioner (quota, ports, disk).
     #[error("insufficient resources: {0}")]
     Insufficient(String),
+    /// This process does not lead the provisioner (a standby, or a leader deposed by a newer
+    /// epoch): it must not change clusters.
+    #[error("not the leading provisioner: {0}")]
+    NotLeader(String),
     /// Anything else; the reconciler retries with backoff.
     #[error(transparent)]
     Other(#[from] Box<dyn std::error::Error + Send + Sync>),
@@ -266,6 +277,16 @@ pub trait Provisioner: Send + Sync {
     async fn list(&self) -> Result<Vec<ClusterObservation>, ProvisionError>;
     /// Remove the cluster. Idempotent; the result carries the exit times.
     async fn delete(&self, id: &ClusterId) -> Result<ClusterObservation, ProvisionError>;
+    /// This process leads at `epoch` (strictly increasing across leaders): re-read the
+    /// persisted state, re-adopt what runs, start acting. Refused when a newer epoch
+    /// already led. Stateless provisioners (Kubernetes: the API server is the record and
+    /// server-side apply is idempotent) need nothing.
+    async fn activate(&self, _epoch: u64) -> Result<(), ProvisionError> {
+        Ok(())
+    }
+    /// This process no longer leads at `epoch`: stop acting now, leave clusters running.
+    /// A no-op when it is not active at `epoch` (a newer activation in the same process).
+    async fn deactivate(&self, _epoch: u64) {}
 }
 
 /// `ceil(parallelism / slots)`, at least one.

@@ -3,6 +3,7 @@
 //!
 //! Layout under the provisioner's root:
 //! ```text
+//! leader.lock, leader-epoch        flock(2) of changes, and the epoch of the newest leader
 //! records/{org}__{app}.json        the cluster's record (spec, token, ports, every process
 //!                                  incarnation with pid, /proc start time, start/exit times);
 //!                                  after a delete it stays as a tombstone (phase terminated)
@@ -18,6 +19,17 @@
 //! time is measured when it happens even while no control plane is running, which is what
 //! billing closes spans with. A restarted provisioner re-adopts a cluster by checking each
 //! wrapper's pid *and* its start time in `/proc` (so a reused pid is not mistaken for ours).
+//!
+//! Leadership: several control planes of one host may share the root; only the one whose
+//! reconciler leads acts ([`Provisioner::activate`] at its epoch). Activation writes the
+//! epoch to `leader-epoch` under an exclusive `flock` of `leader.lock` and re-reads every
+//! record; every change (supervision tick, apply, delete) holds a shared `flock` and first
+//! checks that `leader-epoch` is still its own, so a deposed leader that has not noticed
+//! yet changes nothing once a successor activated (it steps down instead), and a successor
+//! activates only after the deposed leader's in-flight changes ended. Activation also kills
+//! processes no record accounts for (a provisioner that died between spawning a process and
+//! recording it): they are found in `/proc` by the process directory their environment names
+//! (`SLUICE_PROC_DIR`, inherited by the engine), never by a pid that may have been reused.
 //!
 //! Supervision: a crashed TaskManager is restarted with exponential backoff; a crashed
 //! JobManager makes the cluster `Failed` (its TaskManagers are stopped): the reconciler then
@@ -144,59 +156,249 @@ struct Cluster {
 
 pub struct LocalProvisioner {
     opts: LocalOptions,
+    /// The leader epoch this process acts at; `None` while it is a standby.
+    lead: std::sync::Mutex<Option<u64>>,
+    /// The clusters while active (empty while a standby, which reads records from disk).
     clusters: Mutex<HashMap<ClusterId, Arc<Mutex<Cluster>>>>,
 }
 
+/// A held `flock` of `leader.lock` (released when the file closes).
+struct LockGuard {
+    _file: std::fs::File,
+}
+
 impl LocalProvisioner {
-    /// Opens the root, re-adopts every recorded cluster and starts the supervisor (which
-    /// stops when the provisioner is dropped).
+    /// Opens the root as the only user of it (tools, tests): re-adopts every recorded
+    /// cluster and supervises them at once (epoch 0). A control plane, whose standbys may
+    /// share the root, opens it with [`LocalProvisioner::open_standby`] and lets its
+    /// reconciler [`activate`](Provisioner::activate) it under leadership.
     pub async fn open(opts: LocalOptions) -> Result<Arc<Self>, ProvisionError> {
+        let me = Self::open_standby(opts).await?;
+        me.activate(0).await?;
+        Ok(me)
+    }
+
+    /// Opens the root without acting: `observe` and `list` read the records, `apply` and
+    /// `delete` are refused, nothing is supervised until [`Provisioner::activate`]. The
+    /// supervisor task stops when the provisioner is dropped.
+    pub async fn open_standby(opts: LocalOptions) -> Result<Arc<Self>, ProvisionError> {
         tokio::fs::create_dir_all(opts.root.join("records")).await?;
         tokio::fs::create_dir_all(opts.root.join("clusters")).await?;
-        let mut clusters = HashMap::new();
-        let mut dir = tokio::fs::read_dir(opts.root.join("records")).await?;
+        let me = Arc::new(LocalProvisioner {
+            opts,
+            lead: std::sync::Mutex::new(None),
+            clusters: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&me);
+        let every = me.opts.poll_interval;
+        tokio::spawn(supervise(weak, every));
+        Ok(me)
+    }
+
+    /// The epoch this process acts at, if it leads.
+    pub fn epoch(&self) -> Option<u64> {
+        *self.lead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every record on disk; with `prune`, tombstones past their time are removed.
+    async fn load_records(&self, prune: bool) -> Result<Vec<Record>, ProvisionError> {
+        let mut out = Vec::new();
+        let mut dir = tokio::fs::read_dir(self.opts.root.join("records")).await?;
         while let Some(e) = dir.next_entry().await? {
             let path = e.path();
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let bytes = tokio::fs::read(&path).await?;
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                // Pruned by the leader meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             let record: Record = serde_json::from_slice(&bytes).map_err(|e| {
                 ProvisionError::other(format!("cluster record {}: {e}", path.display()))
             })?;
-            if record.phase == ClusterPhase::Terminated
+            if prune
+                && record.phase == ClusterPhase::Terminated
                 && record.ended_at.is_some_and(|t| {
                     Utc::now()
                         .signed_duration_since(t)
                         .to_std()
                         .unwrap_or_default()
-                        > opts.tombstone_ttl
+                        > self.opts.tombstone_ttl
                 })
             {
                 tokio::fs::remove_file(&path).await?;
                 continue;
             }
-            tracing::info!(cluster = %record.spec.id, phase = record.phase.as_str(),
-                live = record.live().count(), "re-adopting a cluster");
-            clusters.insert(
-                record.spec.id.clone(),
-                Arc::new(Mutex::new(Cluster {
-                    record,
-                    children: HashMap::new(),
-                    restarts: HashMap::new(),
-                })),
-            );
+            out.push(record);
         }
-        let me = Arc::new(LocalProvisioner {
-            opts,
-            clusters: Mutex::new(clusters),
-        });
-        let weak = Arc::downgrade(&me);
-        let every = me.opts.poll_interval;
-        tokio::spawn(supervise(weak, every));
-        // Catch up at once on what happened while nobody watched.
-        me.tick_all().await;
-        Ok(me)
+        Ok(out)
+    }
+
+    /// The record of one cluster as the leader last persisted it.
+    async fn read_record(&self, id: &ClusterId) -> Result<Option<Record>, ProvisionError> {
+        let path = self.record_path(id);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ProvisionError::other(format!("cluster record {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn flock(&self, exclusive: bool) -> Result<LockGuard, ProvisionError> {
+        let path = self.opts.root.join("leader.lock");
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            let op = if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            loop {
+                if flock(f.as_raw_fd(), op) == 0 {
+                    return Ok(LockGuard { _file: f });
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(ProvisionError::other(format!(
+                        "flock {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        })
+        .await
+        .map_err(ProvisionError::other)?
+    }
+
+    /// The epoch of the newest leader of this root (0 before any).
+    fn disk_epoch(&self) -> Result<u64, ProvisionError> {
+        let path = self.opts.root.join("leader-epoch");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|e| {
+                ProvisionError::other(format!(
+                    "{}: {e} (expected a leader epoch, got {:?})",
+                    path.display(),
+                    s.trim()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Held while this process changes anything: refuses unless it leads, and steps down
+    /// when a newer leader activated meanwhile.
+    async fn fence(&self) -> Result<LockGuard, ProvisionError> {
+        let Some(mine) = self.epoch() else {
+            return Err(ProvisionError::NotLeader(format!(
+                "the local provisioner at {} is a standby",
+                self.opts.root.display()
+            )));
+        };
+        let guard = self.flock(false).await?;
+        let newest = self.disk_epoch()?;
+        if newest != mine || self.epoch() != Some(mine) {
+            tracing::warn!(
+                mine,
+                newest,
+                "a newer leader took the local provisioner over; stepping down"
+            );
+            self.deactivate(mine).await;
+            return Err(ProvisionError::NotLeader(format!(
+                "epoch {newest} leads {} now, this process led at {mine}",
+                self.opts.root.display()
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Kills the processes started for process directories of `work_dir` that are not
+    /// among `recorded` (names), found by their environment in `/proc`, and removes those
+    /// directories; returns how many processes were killed.
+    async fn sweep(
+        &self,
+        work_dir: &Path,
+        recorded: &[std::ffi::OsString],
+    ) -> Result<usize, ProvisionError> {
+        let unrecorded = |d: &Path| {
+            d.parent() == Some(work_dir)
+                && d.file_name()
+                    .is_none_or(|n| !recorded.iter().any(|r| r == n))
+        };
+        let victims: Vec<(u32, PathBuf)> = processes_under(work_dir)
+            .into_iter()
+            .filter(|(_, d)| unrecorded(d))
+            .collect();
+        for (pid, dir) in &victims {
+            tracing::warn!(dir = %dir.display(), pid, "killing a process no record accounts for");
+            // Wrappers lead their own group; never this process's own.
+            if let Some(group) = proc_group(*pid)
+                && Some(group) != proc_group(std::process::id())
+            {
+                signal_group(group, libc::SIGKILL);
+            }
+            send(*pid as libc::pid_t, libc::SIGKILL);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while processes_under(work_dir).iter().any(|(_, d)| unrecorded(d)) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProvisionError::other(format!(
+                    "an unrecorded process of {} survived SIGKILL",
+                    work_dir.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut entries = match tokio::fs::read_dir(work_dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(victims.len()),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(e) = entries.next_entry().await? {
+            if e.file_type().await?.is_dir() && unrecorded(&e.path()) {
+                tokio::fs::remove_dir_all(e.path()).await?;
+            }
+        }
+        Ok(victims.len())
+    }
+
+    /// Work directories of clusters without a live record: whatever runs there is killed
+    /// and the directory removed.
+    async fn sweep_unknown(
+        &self,
+        live: &std::collections::HashSet<ClusterId>,
+    ) -> Result<(), ProvisionError> {
+        let root = self.opts.root.join("clusters");
+        let mut orgs = tokio::fs::read_dir(&root).await?;
+        while let Some(org) = orgs.next_entry().await? {
+            if !org.file_type().await?.is_dir() {
+                continue;
+            }
+            let mut apps = tokio::fs::read_dir(org.path()).await?;
+            while let Some(app) = apps.next_entry().await? {
+                let dir = app.path();
+                let id = ClusterId {
+                    org_id: org.file_name().to_string_lossy().into_owned(),
+                    application_id: app.file_name().to_string_lossy().into_owned(),
+                };
+                if !app.file_type().await?.is_dir() || live.contains(&id) {
+                    continue;
+                }
+                self.sweep(&dir, &[]).await?;
+                tokio::fs::remove_dir_all(&dir).await?;
+            }
+        }
+        Ok(())
     }
 
     fn record_path(&self, id: &ClusterId) -> PathBuf {
@@ -216,6 +418,14 @@ impl LocalProvisioner {
     }
 
     async fn tick_all(&self) {
+        let _fence = match self.fence().await {
+            Ok(g) => g,
+            Err(ProvisionError::NotLeader(_)) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "supervision: checking the leader epoch failed");
+                return;
+            }
+        };
         let all: Vec<Arc<Mutex<Cluster>>> = self.clusters.lock().await.values().cloned().collect();
         for c in all {
             let mut c = c.lock().await;
@@ -378,6 +588,7 @@ impl LocalProvisioner {
         let (proc_, child) = self
             .spawn(c, ProcessRole::Jobmanager, "jm", inc, dir, &args)
             .await?;
+        failpoint("provision.after_spawn_jm");
         c.children.insert(proc_.pid, child);
         c.record.procs.push(proc_);
         Ok(())
@@ -407,6 +618,7 @@ impl LocalProvisioner {
         let (proc_, child) = self
             .spawn(c, ProcessRole::Taskmanager, name, inc, dir, &args)
             .await?;
+        failpoint("provision.after_spawn_tm");
         c.children.insert(proc_.pid, child);
         c.record.procs.push(proc_);
         Ok(())
@@ -487,6 +699,8 @@ mv "$SLUICE_PROC_DIR/exit.tmp" "$SLUICE_PROC_DIR/exit""#;
             .join(&spec.id.org_id)
             .join(&spec.id.application_id);
         if tokio::fs::try_exists(&work_dir).await? {
+            // Left by a provisioner that died before recording what it started there.
+            self.sweep(&work_dir, &[]).await?;
             tokio::fs::remove_dir_all(&work_dir).await?;
         }
         tokio::fs::create_dir_all(&work_dir).await?;
@@ -606,6 +820,7 @@ impl Provisioner for LocalProvisioner {
                 "job_id must be 32 hex digits".into(),
             ));
         }
+        let _fence = self.fence().await?;
         let mut map = self.clusters.lock().await;
         if let Some(existing) = map.get(&spec.id).cloned() {
             let mut c = existing.lock().await;
@@ -631,6 +846,12 @@ impl Provisioner for LocalProvisioner {
     }
 
     async fn observe(&self, id: &ClusterId) -> Result<ClusterObservation, ProvisionError> {
+        if self.epoch().is_none() {
+            return Ok(match self.read_record(id).await? {
+                Some(r) => r.observation(),
+                None => ClusterObservation::absent(id.clone()),
+            });
+        }
         match self.handle(id).await {
             Some(c) => Ok(c.lock().await.record.observation()),
             None => Ok(ClusterObservation::absent(id.clone())),
@@ -638,6 +859,16 @@ impl Provisioner for LocalProvisioner {
     }
 
     async fn list(&self) -> Result<Vec<ClusterObservation>, ProvisionError> {
+        if self.epoch().is_none() {
+            let mut out: Vec<ClusterObservation> = self
+                .load_records(false)
+                .await?
+                .iter()
+                .map(Record::observation)
+                .collect();
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            return Ok(out);
+        }
         let all: Vec<Arc<Mutex<Cluster>>> = self.clusters.lock().await.values().cloned().collect();
         let mut out = Vec::with_capacity(all.len());
         for c in all {
@@ -648,6 +879,7 @@ impl Provisioner for LocalProvisioner {
     }
 
     async fn delete(&self, id: &ClusterId) -> Result<ClusterObservation, ProvisionError> {
+        let _fence = self.fence().await?;
         let Some(c) = self.handle(id).await else {
             return Ok(ClusterObservation::absent(id.clone()));
         };
@@ -657,7 +889,97 @@ impl Provisioner for LocalProvisioner {
         }
         Ok(c.record.observation())
     }
+
+    async fn activate(&self, epoch: u64) -> Result<(), ProvisionError> {
+        // Exclusive: waits for a deposed leader's in-flight changes (they hold it shared).
+        let lock = self.flock(true).await?;
+        let newest = self.disk_epoch()?;
+        if newest > epoch {
+            return Err(ProvisionError::NotLeader(format!(
+                "{} was led at epoch {newest}, newer than {epoch}: another control plane leads it \
+                 (or it belongs to another database)",
+                self.opts.root.display()
+            )));
+        }
+        if newest != epoch || !tokio::fs::try_exists(self.opts.root.join("leader-epoch")).await? {
+            let path = self.opts.root.join("leader-epoch");
+            let tmp = path.with_extension("tmp");
+            tokio::fs::write(&tmp, format!("{epoch}\n")).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+        }
+        let mut clusters = HashMap::new();
+        let mut live = std::collections::HashSet::new();
+        for record in self.load_records(true).await? {
+            if record.phase == ClusterPhase::Terminated {
+                // A teardown that died before removing the directory.
+                if tokio::fs::try_exists(&record.work_dir).await? {
+                    self.sweep(&record.work_dir, &[]).await?;
+                    tokio::fs::remove_dir_all(&record.work_dir).await?;
+                }
+            } else {
+                let names: Vec<std::ffi::OsString> = record
+                    .procs
+                    .iter()
+                    .filter_map(|p| p.dir.file_name().map(ToOwned::to_owned))
+                    .collect();
+                self.sweep(&record.work_dir, &names).await?;
+                live.insert(record.spec.id.clone());
+            }
+            tracing::info!(cluster = %record.spec.id, phase = record.phase.as_str(),
+                live = record.live().count(), epoch, "re-adopting a cluster");
+            clusters.insert(
+                record.spec.id.clone(),
+                Arc::new(Mutex::new(Cluster {
+                    record,
+                    children: HashMap::new(),
+                    restarts: HashMap::new(),
+                })),
+            );
+        }
+        self.sweep_unknown(&live).await?;
+        {
+            let mut map = self.clusters.lock().await;
+            *map = clusters;
+            *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
+        }
+        drop(lock);
+        // Catch up at once on what happened while nobody watched.
+        self.tick_all().await;
+        Ok(())
+    }
+
+    async fn deactivate(&self, epoch: u64) {
+        {
+            let mut lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
+            if *lead != Some(epoch) {
+                return;
+            }
+            *lead = None;
+        }
+        tracing::info!(epoch, "local provisioner: standing by");
+        let mut map = self.clusters.lock().await;
+        // A newer activation of this process may have come first.
+        if self.epoch().is_none() {
+            map.clear();
+        }
+    }
 }
+
+/// Aborts the process at a named point when that failpoint is armed (feature `failpoints`,
+/// environment `SLUICE_DEV_FAILPOINTS=name,…`): the crash tests stop a control plane between
+/// spawning a process and recording it.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) {
+    if std::env::var("SLUICE_DEV_FAILPOINTS").is_ok_and(|v| v.split(',').any(|f| f.trim() == name))
+    {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn failpoint(_name: &str) {}
 
 fn next_incarnation(r: &Record, name: &str) -> u32 {
     r.procs
@@ -748,6 +1070,48 @@ fn signal_engine(p: &Proc, sig: libc::c_int) {
         // The wrapper has not forked the engine yet: the whole group.
         None => signal_group(p.pid, sig),
     }
+}
+
+/// Live processes started for a process directory below `under` (wrappers, engines and
+/// the wrappers' heartbeat loops inherit `SLUICE_PROC_DIR`), with that directory.
+fn processes_under(under: &Path) -> Vec<(u32, PathBuf)> {
+    let prefix = format!("SLUICE_PROC_DIR={}/", under.display());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if proc_start_ticks(pid).is_none() {
+            continue;
+        }
+        // Other users' processes are unreadable, and never ours.
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let dir = env
+            .split(|b| *b == 0)
+            .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix(&prefix));
+        if let Some(dir) = dir {
+            out.push((pid, under.join(dir)));
+        }
+    }
+    out
+}
+
+/// The process group of `pid` (`/proc/{pid}/stat` field 5).
+fn proc_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[allow(unsafe_code)]
+fn flock(fd: std::os::fd::RawFd, op: libc::c_int) -> libc::c_int {
+    // SAFETY: flock(2) on a descriptor the caller owns; touches no memory.
+    unsafe { libc::flock(fd, op) }
 }
 
 fn signal_group(pgid: u32, sig: libc::c_int) {

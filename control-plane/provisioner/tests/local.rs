@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice_provisioner::local::{LocalOptions, LocalProvisioner, proc_start_ticks};
 use sluice_provisioner::{
     CheckpointMode, CheckpointSpec, ClusterId, ClusterObservation, ClusterPhase, ClusterSpec,
-    ProcessRole, Provisioner, RestoreFrom, RestoreSpec, StateBackend,
+    ProcessRole, ProvisionError, Provisioner, RestoreFrom, RestoreSpec, StateBackend,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -359,4 +359,86 @@ async fn a_dead_jobmanager_fails_the_cluster_with_its_exit_code() {
     let mut bad = spec(&blobs, "App-Three", 2, 1);
     bad.id.application_id = "../escape".into();
     assert!(p.apply(&bad).await.is_err());
+}
+
+/// Two provisioners on one root, as two control planes of one host: only the active one
+/// changes anything (the standby reads the records); a newer activation fences the older
+/// one, which steps down at its next change without touching the cluster; the successor
+/// re-adopts the running processes and alone supervises them.
+#[tokio::test]
+async fn only_the_active_provisioner_acts_and_a_newer_epoch_fences_the_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("prov");
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let first = LocalProvisioner::open_standby(options(&root))
+        .await
+        .unwrap();
+    let second = LocalProvisioner::open_standby(options(&root))
+        .await
+        .unwrap();
+    let s = spec(&blobs, "app_lead", 1, 1);
+    assert!(matches!(
+        first.apply(&s).await,
+        Err(ProvisionError::NotLeader(_))
+    ));
+    first.activate(1).await.unwrap();
+    first.apply(&s).await.unwrap();
+    let o = wait_obs(first.as_ref(), &s.id, "running", |o| {
+        o.phase == ClusterPhase::Running && live_pids(o).len() == 2
+    })
+    .await;
+
+    let seen = second.observe(&s.id).await.unwrap();
+    assert_eq!(seen.run_id.as_deref(), Some("run_1"));
+    assert_eq!(
+        live_pids(&seen),
+        live_pids(&o),
+        "the standby reads the record"
+    );
+    assert_eq!(second.list().await.unwrap().len(), 1);
+    assert!(matches!(
+        second.delete(&s.id).await,
+        Err(ProvisionError::NotLeader(_))
+    ));
+
+    second.activate(2).await.unwrap();
+    let other = spec(&blobs, "app_other", 1, 1);
+    assert!(matches!(
+        first.apply(&other).await,
+        Err(ProvisionError::NotLeader(_))
+    ));
+    assert_eq!(first.epoch(), None, "the deposed one stepped down");
+    assert_eq!(
+        second.observe(&other.id).await.unwrap().phase,
+        ClusterPhase::Absent
+    );
+    assert!(
+        first.activate(1).await.is_err(),
+        "an older epoch cannot lead again"
+    );
+    let adopted = second.observe(&s.id).await.unwrap();
+    assert_eq!(
+        live_pids(&adopted),
+        live_pids(&o),
+        "re-adopted, not restarted"
+    );
+
+    // A TaskManager killed now is restarted by the active provisioner alone.
+    let http = reqwest::Client::new();
+    wait_job_running(&http, &adopted).await;
+    kill(engine_pid_of(&root, "app_lead", "tm-0-0"), libc::SIGKILL);
+    let o2 = wait_obs(second.as_ref(), &s.id, "tm-0 restarted", |o| {
+        o.process_restarts() == 1 && live_pids(o).len() == 2
+    })
+    .await;
+    wait_job_running(&http, &o2).await;
+    let o2 = second.observe(&s.id).await.unwrap();
+    assert_eq!(o2.process_restarts(), 1, "{o2:#?}");
+    assert_eq!(live_pids(&o2).len(), 2, "{o2:#?}");
+    let gone = second.delete(&s.id).await.unwrap();
+    assert_eq!(gone.phase, ClusterPhase::Terminated);
+    for pid in live_pids(&o2) {
+        assert!(proc_start_ticks(pid).is_none(), "pid {pid} still runs");
+    }
 }

@@ -32,7 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Create an application; version 1 of its spec. `desired_state: running` also starts it.
-#[utoipa::path(post, path = "/v1/applications", tag = "applications", request_body = CreateApplication,
+#[utoipa::path(post, path = "/v1/applications", operation_id = "create_application", tag = "applications", request_body = CreateApplication,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first response")),
     responses((status = 201, body = Application, headers(("ETag" = String))), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 413, body = Problem),
@@ -47,7 +47,7 @@ async fn create(
     Ok(with_etag(StatusCode::CREATED, app.version, app))
 }
 
-#[utoipa::path(get, path = "/v1/applications", tag = "applications", params(ListApplications),
+#[utoipa::path(get, path = "/v1/applications", operation_id = "list_applications", tag = "applications", params(ListApplications),
     responses((status = 200, body = ApplicationList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn list(
@@ -58,7 +58,7 @@ async fn list(
     Ok(Json(application::list(&s.svc, &ctx, &q).await?))
 }
 
-#[utoipa::path(get, path = "/v1/applications/{id}", tag = "applications", params(("id" = AppId, Path)),
+#[utoipa::path(get, path = "/v1/applications/{id}", operation_id = "get_application", tag = "applications", params(("id" = AppId, Path)),
     responses((status = 200, body = Application, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn get(
@@ -71,7 +71,7 @@ async fn get(
 }
 
 /// Change the spec; every accepted change is a new immutable version.
-#[utoipa::path(patch, path = "/v1/applications/{id}", tag = "applications", request_body = UpdateApplication,
+#[utoipa::path(patch, path = "/v1/applications/{id}", operation_id = "update_application", tag = "applications", request_body = UpdateApplication,
     params(("id" = AppId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the version this change is based on")),
     responses((status = 200, body = Application, headers(("ETag" = String))), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -88,7 +88,7 @@ async fn update(
 }
 
 /// Delete the application; returns the delete operation.
-#[utoipa::path(delete, path = "/v1/applications/{id}", tag = "applications",
+#[utoipa::path(delete, path = "/v1/applications/{id}", operation_id = "delete_application", tag = "applications",
     params(("id" = AppId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the version to delete")),
     responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 412, body = Problem), (status = 429, body = Problem)))]
@@ -105,7 +105,7 @@ async fn delete(
 }
 
 /// The immutable versions of the spec, oldest first, each with its diff against the one before.
-#[utoipa::path(get, path = "/v1/applications/{id}/versions", tag = "applications", params(("id" = AppId, Path), PageParams),
+#[utoipa::path(get, path = "/v1/applications/{id}/versions", operation_id = "list_application_versions", tag = "applications", params(("id" = AppId, Path), PageParams),
     responses((status = 200, body = ApplicationVersionList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn versions(
@@ -118,7 +118,7 @@ async fn versions(
 }
 
 /// What happened to the application (phase changes, cluster starts and stops, savepoints), oldest first.
-#[utoipa::path(get, path = "/v1/applications/{id}/events", tag = "applications", params(("id" = AppId, Path), PageParams),
+#[utoipa::path(get, path = "/v1/applications/{id}/events", operation_id = "list_application_events", tag = "applications", params(("id" = AppId, Path), PageParams),
     responses((status = 200, body = ApplicationEventList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn events(
@@ -133,7 +133,7 @@ async fn events(
 }
 
 /// What the engine reports for the current run: throughput, restarts, the last checkpoint.
-#[utoipa::path(get, path = "/v1/applications/{id}/metrics", tag = "applications", params(("id" = AppId, Path)),
+#[utoipa::path(get, path = "/v1/applications/{id}/metrics", operation_id = "get_application_metrics", tag = "applications", params(("id" = AppId, Path)),
     responses((status = 200, body = ApplicationMetrics), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem, description = "No running cluster (`not_running`)"),
         (status = 429, body = Problem)))]
@@ -148,7 +148,7 @@ async fn metrics(
 }
 
 /// One version of the spec with its diff against the previous version.
-#[utoipa::path(get, path = "/v1/applications/{id}/versions/{n}", tag = "applications",
+#[utoipa::path(get, path = "/v1/applications/{id}/versions/{n}", operation_id = "get_application_version", tag = "applications",
     params(("id" = AppId, Path), ("n" = i64, Path, description = "Version number, from 1")),
     responses((status = 200, body = ApplicationVersion), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 429, body = Problem)))]
@@ -221,7 +221,7 @@ pub mod action_docs {
     use super::*;
 
     /// Start: set `desired_state` to running (a new version) and return the operation.
-    #[utoipa::path(post, path = "/v1/applications/{id}:start", tag = "applications",
+    #[utoipa::path(post, path = "/v1/applications/{id}:start", operation_id = "start_application", tag = "applications",
         params(("id" = AppId, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
             (status = 404, body = Problem), (status = 409, body = Problem, description = "Already running, being deleted, or `compute_pool_exhausted` (with free and requested KPUs)"),
@@ -230,7 +230,7 @@ pub mod action_docs {
 
     /// Stop: set `desired_state` to stopped (a new version) and return the operation. The
     /// cluster stops with a savepoint unless `force`.
-    #[utoipa::path(post, path = "/v1/applications/{id}:stop", tag = "applications", request_body(content = Option<StopRequest>),
+    #[utoipa::path(post, path = "/v1/applications/{id}:stop", operation_id = "stop_application", tag = "applications", request_body(content = Option<StopRequest>),
         params(("id" = AppId, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
             (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
@@ -238,7 +238,7 @@ pub mod action_docs {
     pub async fn stop() {}
 
     /// Roll back: an earlier version's spec becomes the next version.
-    #[utoipa::path(post, path = "/v1/applications/{id}:rollback", tag = "applications", request_body(content = Option<RollbackRequest>),
+    #[utoipa::path(post, path = "/v1/applications/{id}:rollback", operation_id = "rollback_application", tag = "applications", request_body(content = Option<RollbackRequest>),
         params(("id" = AppId, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
             (status = 404, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),

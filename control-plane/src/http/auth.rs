@@ -58,7 +58,7 @@ pub async fn require_bearer(
         Some(k) => k.to_string(),
         None => ctx.actor().to_owned(),
     };
-    if let Err(retry_after_s) = state.limiter.check(&credential) {
+    if let Err(retry_after_s) = state.limiter.check(&credential).await {
         return ApiError::RateLimited { retry_after_s }.into_response();
     }
     req.extensions_mut().insert(ctx);
@@ -107,6 +107,7 @@ async fn login(
     if let Err(retry_after_s) = s
         .limiter
         .check(&format!("login:{}", req.email.to_ascii_lowercase()))
+        .await
     {
         return Err(ApiError::RateLimited { retry_after_s });
     }

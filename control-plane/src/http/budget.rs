@@ -16,7 +16,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The budget with the current month's spend (org_admin, billing_admin, viewer); 404 when none.
-#[utoipa::path(get, path = "/v1/budget", tag = "billing",
+#[utoipa::path(get, path = "/v1/budget", operation_id = "get_budget", tag = "billing",
     responses((status = 200, body = Budget, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 429, body = Problem)))]
@@ -28,7 +28,7 @@ async fn get(State(s): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> 
 /// Create or replace the budget (org_admin, billing_admin). Thresholds raise one audit event
 /// (`budget.threshold_reached`) per month when first reached; `hard_stop` stops the running
 /// applications (with savepoints) once the month's spend reaches the budget.
-#[utoipa::path(put, path = "/v1/budget", tag = "billing", request_body = PutBudget,
+#[utoipa::path(put, path = "/v1/budget", operation_id = "put_budget", tag = "billing", request_body = PutBudget,
     params(("If-Match" = Option<String>, Header, description = "ETag of the version this change is based on")),
     responses((status = 200, body = Budget, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
@@ -44,7 +44,7 @@ async fn put(
 }
 
 /// Remove the budget (org_admin, billing_admin).
-#[utoipa::path(delete, path = "/v1/budget", tag = "billing",
+#[utoipa::path(delete, path = "/v1/budget", operation_id = "delete_budget", tag = "billing",
     params(("If-Match" = Option<String>, Header, description = "ETag of the version to delete")),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 412, body = Problem), (status = 429, body = Problem)))]

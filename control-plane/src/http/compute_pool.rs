@@ -21,7 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Create a compute pool (org_admin).
-#[utoipa::path(post, path = "/v1/compute-pools", tag = "compute-pools", request_body = CreateComputePool,
+#[utoipa::path(post, path = "/v1/compute-pools", operation_id = "create_compute_pool", tag = "compute-pools", request_body = CreateComputePool,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first response")),
     responses((status = 201, body = ComputePool, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
@@ -35,7 +35,7 @@ async fn create(
 }
 
 /// List compute pools (a pool-scoped key sees its pool only).
-#[utoipa::path(get, path = "/v1/compute-pools", tag = "compute-pools", params(PageParams),
+#[utoipa::path(get, path = "/v1/compute-pools", operation_id = "list_compute_pools", tag = "compute-pools", params(PageParams),
     responses((status = 200, body = ComputePoolList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn list(
@@ -47,7 +47,7 @@ async fn list(
 }
 
 /// Get a compute pool with its observed usage.
-#[utoipa::path(get, path = "/v1/compute-pools/{id}", tag = "compute-pools", params(("id" = PoolId, Path)),
+#[utoipa::path(get, path = "/v1/compute-pools/{id}", operation_id = "get_compute_pool", tag = "compute-pools", params(("id" = PoolId, Path)),
     responses((status = 200, body = ComputePool, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn get(
@@ -60,7 +60,7 @@ async fn get(
 }
 
 /// Change name, max_kpu or admission (org_admin). Lowering max_kpu below what is in use is 409.
-#[utoipa::path(patch, path = "/v1/compute-pools/{id}", tag = "compute-pools", request_body = UpdateComputePool,
+#[utoipa::path(patch, path = "/v1/compute-pools/{id}", operation_id = "update_compute_pool", tag = "compute-pools", request_body = UpdateComputePool,
     params(("id" = PoolId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the version this change is based on")),
     responses((status = 200, body = ComputePool, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
@@ -77,7 +77,7 @@ async fn update(
 }
 
 /// Delete a compute pool (org_admin); 409 while it has applications.
-#[utoipa::path(delete, path = "/v1/compute-pools/{id}", tag = "compute-pools",
+#[utoipa::path(delete, path = "/v1/compute-pools/{id}", operation_id = "delete_compute_pool", tag = "compute-pools",
     params(("id" = PoolId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the version to delete")),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 412, body = Problem), (status = 429, body = Problem)))]

@@ -22,7 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The organization's monthly invoices, newest first, from the current month (a draft) back
 /// to its first usage (org_admin, billing_admin, viewer).
-#[utoipa::path(get, path = "/v1/invoices", tag = "billing", params(PageParams),
+#[utoipa::path(get, path = "/v1/invoices", operation_id = "list_invoices", tag = "billing", params(PageParams),
     responses((status = 200, body = InvoiceList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn list(
@@ -35,7 +35,7 @@ async fn list(
 
 /// One month's invoice as JSON, CSV or printable HTML (`format=` or `Accept`). Draft during
 /// the month, final after; regenerating it gives the same bytes. A month not begun yet is 404.
-#[utoipa::path(get, path = "/v1/invoices/{month}", tag = "billing",
+#[utoipa::path(get, path = "/v1/invoices/{month}", operation_id = "get_invoice", tag = "billing",
     params(("month" = String, Path, description = "YYYY-MM (UTC)"), InvoiceParams),
     responses((status = 200, description = "The invoice; as CSV one row per line then a total row; as HTML a self-contained printable page",
             content((Invoice = "application/json"), (String = "text/csv"), (String = "text/html"))),

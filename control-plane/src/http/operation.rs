@@ -17,7 +17,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// An asynchronous operation and its result.
-#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", params(("id" = OperationId, Path)),
+#[utoipa::path(get, path = "/v1/operations/{id}", operation_id = "get_operation", tag = "operations", params(("id" = OperationId, Path)),
     responses((status = 200, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn get(
@@ -29,7 +29,7 @@ async fn get(
 }
 
 /// The organization's audit log (org_admin), oldest first, filterable by actor, resource and time.
-#[utoipa::path(get, path = "/v1/audit-events", tag = "audit", params(AuditEventFilter),
+#[utoipa::path(get, path = "/v1/audit-events", operation_id = "list_audit_events", tag = "audit", params(AuditEventFilter),
     responses((status = 200, body = AuditEventList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn audit_events(

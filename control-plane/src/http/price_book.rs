@@ -19,14 +19,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Every region's price book with its versions.
-#[utoipa::path(get, path = "/admin/v1/price-books", tag = "admin", security(("admin_token" = [])),
+#[utoipa::path(get, path = "/admin/v1/price-books", operation_id = "list_price_books", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = PriceBookList), (status = 401, body = Problem)))]
 async fn list(State(s): State<AppState>) -> Result<Json<PriceBookList>, ApiError> {
     Ok(Json(price_book::list(&s.svc.db).await?))
 }
 
 /// One region's price book.
-#[utoipa::path(get, path = "/admin/v1/price-books/{region}", tag = "admin", security(("admin_token" = [])),
+#[utoipa::path(get, path = "/admin/v1/price-books/{region}", operation_id = "get_price_book", tag = "admin", security(("admin_token" = [])),
     params(("region" = String, Path)),
     responses((status = 200, body = PriceBook), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn get(
@@ -38,7 +38,7 @@ async fn get(
 
 /// Add a version to a region's price book (creating the book). It takes effect at
 /// `effective_from`, which may not precede the current month: final invoices never change.
-#[utoipa::path(post, path = "/admin/v1/price-books/{region}/versions", tag = "admin", security(("admin_token" = [])),
+#[utoipa::path(post, path = "/admin/v1/price-books/{region}/versions", operation_id = "add_price_book_version", tag = "admin", security(("admin_token" = [])),
     params(("region" = String, Path)), request_body = CreatePriceVersion,
     responses((status = 201, body = PriceBook), (status = 401, body = Problem), (status = 422, body = Problem)))]
 async fn add_version(

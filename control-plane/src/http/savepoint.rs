@@ -29,7 +29,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Take a savepoint of the running application (or import one with `source_uri`): 202
 /// with the savepoint PENDING; poll it until COMPLETED or FAILED.
-#[utoipa::path(post, path = "/v1/applications/{id}/savepoints", tag = "savepoints", request_body = CreateSavepoint,
+#[utoipa::path(post, path = "/v1/applications/{id}/savepoints", operation_id = "create_savepoint", tag = "savepoints", request_body = CreateSavepoint,
     params(("id" = AppId, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first response")),
     responses((status = 202, body = Savepoint, headers(("ETag" = String))), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -46,7 +46,7 @@ async fn create(
 }
 
 /// The application's savepoints, oldest first (DELETED ones only with `include_deleted`).
-#[utoipa::path(get, path = "/v1/applications/{id}/savepoints", tag = "savepoints", params(("id" = AppId, Path), ListSavepoints),
+#[utoipa::path(get, path = "/v1/applications/{id}/savepoints", operation_id = "list_savepoints", tag = "savepoints", params(("id" = AppId, Path), ListSavepoints),
     responses((status = 200, body = SavepointList), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn list(
@@ -58,7 +58,7 @@ async fn list(
     Ok(Json(savepoint::list(&s.svc, &ctx, &id, &q).await?))
 }
 
-#[utoipa::path(get, path = "/v1/savepoints/{id}", tag = "savepoints", params(("id" = SavepointId, Path)),
+#[utoipa::path(get, path = "/v1/savepoints/{id}", operation_id = "get_savepoint", tag = "savepoints", params(("id" = SavepointId, Path)),
     responses((status = 200, body = Savepoint, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn get(
@@ -71,7 +71,7 @@ async fn get(
 }
 
 /// Pin, unpin or relabel. Pinned savepoints never expire.
-#[utoipa::path(patch, path = "/v1/savepoints/{id}", tag = "savepoints", request_body = UpdateSavepoint,
+#[utoipa::path(patch, path = "/v1/savepoints/{id}", operation_id = "update_savepoint", tag = "savepoints", request_body = UpdateSavepoint,
     params(("id" = SavepointId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the savepoint this change is based on")),
     responses((status = 200, body = Savepoint, headers(("ETag" = String))), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -88,7 +88,7 @@ async fn update(
 }
 
 /// Dispose of a savepoint: 202 with it DELETING; its files are deleted, then it is DELETED.
-#[utoipa::path(delete, path = "/v1/savepoints/{id}", tag = "savepoints",
+#[utoipa::path(delete, path = "/v1/savepoints/{id}", operation_id = "delete_savepoint", tag = "savepoints",
     params(("id" = SavepointId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the savepoint to delete")),
     responses((status = 202, body = Savepoint, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
@@ -105,7 +105,7 @@ async fn delete(
 }
 
 /// Savepoint storage of the application (bytes now, byte-seconds this month), as billed.
-#[utoipa::path(get, path = "/v1/applications/{id}/savepoint-usage", tag = "savepoints", params(("id" = AppId, Path)),
+#[utoipa::path(get, path = "/v1/applications/{id}/savepoint-usage", operation_id = "get_savepoint_usage", tag = "savepoints", params(("id" = AppId, Path)),
     responses((status = 200, body = SavepointUsage), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn usage(
@@ -117,7 +117,7 @@ async fn usage(
 }
 
 /// Create or replace the schedule: a cron expression in an IANA time zone, or an interval; and retention.
-#[utoipa::path(put, path = "/v1/applications/{id}/savepoint-schedule", tag = "savepoints", request_body = PutSavepointSchedule,
+#[utoipa::path(put, path = "/v1/applications/{id}/savepoint-schedule", operation_id = "put_savepoint_schedule", tag = "savepoints", request_body = PutSavepointSchedule,
     params(("id" = AppId, Path), ("If-Match" = Option<String>, Header, description = "ETag of the schedule this change replaces")),
     responses((status = 200, body = SavepointSchedule, headers(("ETag" = String))), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
@@ -134,7 +134,7 @@ async fn put_schedule(
     Ok(with_etag(StatusCode::OK, sch.version, sch))
 }
 
-#[utoipa::path(get, path = "/v1/applications/{id}/savepoint-schedule", tag = "savepoints", params(("id" = AppId, Path)),
+#[utoipa::path(get, path = "/v1/applications/{id}/savepoint-schedule", operation_id = "get_savepoint_schedule", tag = "savepoints", params(("id" = AppId, Path)),
     responses((status = 200, body = SavepointSchedule, headers(("ETag" = String))), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 429, body = Problem)))]
 async fn get_schedule(
@@ -147,7 +147,7 @@ async fn get_schedule(
 }
 
 /// Remove the schedule and its retention; existing savepoints stay.
-#[utoipa::path(delete, path = "/v1/applications/{id}/savepoint-schedule", tag = "savepoints",
+#[utoipa::path(delete, path = "/v1/applications/{id}/savepoint-schedule", operation_id = "delete_savepoint_schedule", tag = "savepoints",
     params(("id" = AppId, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 412, body = Problem), (status = 429, body = Problem)))]
@@ -189,7 +189,7 @@ pub mod action_docs {
     use super::*;
 
     /// Export: copy a COMPLETED savepoint to an empty directory URI; returns the operation.
-    #[utoipa::path(post, path = "/v1/savepoints/{id}:export", tag = "savepoints", request_body = ExportSavepoint,
+    #[utoipa::path(post, path = "/v1/savepoints/{id}:export", operation_id = "export_savepoint", tag = "savepoints", request_body = ExportSavepoint,
         params(("id" = SavepointId, Path), ("Idempotency-Key" = Option<String>, Header)),
         responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
             (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),

@@ -94,9 +94,9 @@ impl Ctx<'_> {
         reason: Option<&str>,
         message: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut c = self.conn().await?;
+        let mut tx = self.r.fenced().await?;
         store::event::insert(
-            &mut c,
+            &mut tx,
             &store::event::NewEvent {
                 org_id: self.org.as_str(),
                 application_id: self.app_id.as_str(),
@@ -107,6 +107,7 @@ impl Ctx<'_> {
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -120,7 +121,7 @@ impl Ctx<'_> {
         if *old == new {
             return Ok(());
         }
-        let mut tx = self.r.db.begin().await?;
+        let mut tx = self.r.fenced().await?;
         let changed =
             store::status::write(&mut tx, self.org.as_str(), self.app_id.as_str(), &new).await?;
         if changed && (old.phase != new.phase || old.reason != new.reason) {
@@ -157,12 +158,14 @@ async fn step(r: &Reconciler, org: &str, app: &str) -> anyhow::Result<Step> {
         org: org.parse()?,
         app_id: app.parse()?,
     };
-    let mut conn = cx.conn().await?;
+    // Fenced although it mostly reads: a deposed leader learns it at its first step, and
+    // the runtime row may be created here.
+    let mut conn = cx.r.fenced().await?;
     let application = store::application::get(&mut conn, &cx.org, &cx.app_id, false).await?;
     let run = store::run::open_run(&mut conn, app).await?;
     let Some(application) = application else {
         // The application is gone but a run is open (a crash during its deletion).
-        drop(conn);
+        conn.commit().await?;
         if let Some(run) = run {
             teardown(&cx, &run, "deleted").await?;
             return Ok(Step::Again);
@@ -172,7 +175,7 @@ async fn step(r: &Reconciler, org: &str, app: &str) -> anyhow::Result<Step> {
     let deleting = store::application::delete_requested(&mut conn, &cx.app_id).await?;
     let pool = application.spec.compute_pool_id.clone();
     let rt = store::runtime::ensure(&mut conn, &cx.org, &cx.app_id, &pool).await?;
-    drop(conn);
+    conn.commit().await?;
     if deleting {
         return delete_step(&cx, &application, run, &pool).await;
     }
@@ -215,7 +218,7 @@ async fn delete_step(
     .await?;
     let objects = storage::delete_app_storage(store_.as_ref(), &prefix, &kept).await?;
     tracing::info!(application = %cx.app_id, objects, kept = kept.len(), "application storage removed");
-    let mut tx = cx.r.db.begin().await?;
+    let mut tx = cx.r.fenced().await?;
     admission::set_held(&mut tx, &cx.org, pool, &cx.app_id, 0).await?;
     store::reconcile::delete_application(&mut tx, cx.app_id.as_str()).await?;
     store::reconcile::settle_operations(
@@ -315,9 +318,9 @@ async fn with_run(cx: &Ctx<'_>, a: &Application, rt: &Runtime, run: Run) -> anyh
     }
     if obs.phase == ClusterPhase::Failed {
         let failures = rt.failures + 1;
-        let mut c = cx.conn().await?;
-        store::runtime::set_failures(&mut c, &cx.app_id, failures).await?;
-        drop(c);
+        let mut tx = cx.r.fenced().await?;
+        store::runtime::set_failures(&mut tx, &cx.app_id, failures).await?;
+        tx.commit().await?;
         let msg = obs
             .message
             .clone()
@@ -399,7 +402,7 @@ async fn observe_job(
         }
     }
     if st.phase == Phase::Running {
-        let mut c = cx.conn().await?;
+        let mut c = cx.r.fenced().await?;
         if rt.failures != 0 {
             store::runtime::set_failures(&mut c, &cx.app_id, 0).await?;
         }
@@ -417,19 +420,30 @@ async fn observe_job(
                 tracing::info!(application = %cx.app_id, operations = n, "operations succeeded");
             }
         }
+        c.commit().await?;
         // A scale-down gives back what the new cluster no longer holds.
         if rt.reserved_kpu_milli > run.kpu_milli && rt.queued_seq.is_none() {
-            let mut tx = cx.r.db.begin().await?;
+            let mut tx = cx.r.fenced().await?;
             let pool: PoolId = run.pool_id.parse()?;
             admission::set_held(&mut tx, &cx.org, &pool, &cx.app_id, run.kpu_milli as u64).await?;
             tx.commit().await?;
         }
     }
     if let Some(seq) = rt.queued_seq {
+        // A queued scale-up (DESIGN §6): PENDING in the pool's FIFO queue while the cluster
+        // keeps running at the size it holds; admitted, it is replaced (SCALING).
         let mut c = cx.conn().await?;
         let pool: PoolId = run.pool_id.parse()?;
         st.queue_position = Some(store::runtime::queue_position(&mut c, &pool, seq).await? as u32);
         st.reason = Some("compute_pool_exhausted".into());
+        if st.phase == Phase::Running {
+            st.phase = Phase::Pending;
+            st.message = Some(format!(
+                "waiting for {} milli-KPU in compute pool {pool}; the cluster keeps running at {} milli-KPU",
+                rt.queued_kpu_milli.unwrap_or_default(),
+                run.kpu_milli
+            ));
+        }
     }
     cx.set_status(&a.status, st).await?;
     Ok(Step::Idle)
@@ -455,7 +469,7 @@ async fn fail(cx: &Ctx<'_>, a: &Application, reason: &str, message: &str) -> any
         free_kpu_milli: None,
         requested_kpu_milli: None,
     };
-    let mut tx = cx.r.db.begin().await?;
+    let mut tx = cx.r.fenced().await?;
     store::reconcile::settle_operations(
         &mut tx,
         cx.app_id.as_str(),
@@ -524,8 +538,9 @@ async fn stop_flow(
             _ => None,
         };
         {
-            let mut c = cx.conn().await?;
-            store::runtime::set_next_restore(&mut c, &cx.app_id, next_restore).await?;
+            let mut tx = cx.r.fenced().await?;
+            store::runtime::set_next_restore(&mut tx, &cx.app_id, next_restore).await?;
+            tx.commit().await?;
         }
         let jm = cx.jm(obs, &rt.job_id);
         let running = match &jm {
@@ -557,8 +572,9 @@ async fn stop_flow(
                 "savepoint_id": sp, "target": target, "purpose": purpose,
                 "at": Utc::now(),
             });
-            let mut c = cx.conn().await?;
-            store::runtime::set_stage(&mut c, &cx.app_id, Some(&stage)).await?;
+            let mut tx = cx.r.fenced().await?;
+            store::runtime::set_stage(&mut tx, &cx.app_id, Some(&stage)).await?;
+            tx.commit().await?;
             failpoint("stop.after_trigger");
             return Ok(Step::Again);
         }
@@ -623,10 +639,10 @@ async fn stop_flow(
             .await?;
         }
         Trigger::Completed { location } => {
-            let mut c = cx.conn().await?;
-            store::runtime::set_last_savepoint(&mut c, &cx.app_id, &location, run.generation)
+            let mut tx = cx.r.fenced().await?;
+            store::runtime::set_last_savepoint(&mut tx, &cx.app_id, &location, run.generation)
                 .await?;
-            drop(c);
+            tx.commit().await?;
             record_stop_savepoint(cx, run, &stage, &location).await?;
             cx.event(
                 "savepoint_completed",
@@ -673,8 +689,9 @@ async fn record_stop_savepoint(
     let size = sluice_blob::savepoints::prefix_size(store_.as_ref(), &dir)
         .await
         .with_context(|| format!("size of savepoint {id}"))?;
-    crate::service::savepoint::record_completed(
-        &cx.r.db,
+    let mut tx = cx.r.fenced().await?;
+    store::savepoint::insert_completed(
+        &mut tx,
         &cx.org,
         &cx.app_id,
         &id,
@@ -685,6 +702,7 @@ async fn record_stop_savepoint(
     )
     .await
     .with_context(|| format!("record savepoint {id}"))?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -713,7 +731,7 @@ async fn close_run(
         // Never provisioned (no process ever ran): nothing was held after the run's creation.
         _ => run.created_at,
     };
-    let mut tx = cx.r.db.begin().await?;
+    let mut tx = cx.r.fenced().await?;
     if ours && let Some(started) = obs.started_at {
         store::run::open_span(&mut tx, run, started).await?;
     }
@@ -744,8 +762,9 @@ async fn open_span(cx: &Ctx<'_>, run: &Run, obs: &ClusterObservation) -> anyhow:
         return Ok(());
     }
     if let Some(started) = obs.started_at {
-        let mut c = cx.conn().await?;
-        store::run::open_span(&mut c, run, started).await?;
+        let mut tx = cx.r.fenced().await?;
+        store::run::open_span(&mut tx, run, started).await?;
+        tx.commit().await?;
     }
     Ok(())
 }
@@ -758,7 +777,7 @@ async fn without_run(
     status: &ApplicationStatus,
 ) -> anyhow::Result<Step> {
     if a.spec.desired_state == DesiredState::Stopped {
-        let mut tx = cx.r.db.begin().await?;
+        let mut tx = cx.r.fenced().await?;
         if rt.reserved_kpu_milli > 0 || rt.queued_seq.is_some() {
             store::runtime::dequeue(&mut tx, &cx.app_id).await?;
             admission::set_held(&mut tx, &cx.org, pool, &cx.app_id, 0).await?;
@@ -787,14 +806,20 @@ async fn without_run(
     }
     // Desired running.
     if status.phase == Phase::Failed && status.observed_version == Some(a.version) {
-        // Needs a new version (any change, e.g. `restart_nonce`) to try again.
-        return Ok(Step::Idle);
+        // Failed at this version: tried again after a new version (any change, e.g.
+        // `restart_nonce`) or a `:start`, whose operation is in progress (every operation in
+        // progress at the failure was settled FAILED with it).
+        let mut c = cx.conn().await?;
+        let kind = store::reconcile::current_operation_kind(&mut c, cx.app_id.as_str()).await?;
+        if kind.as_deref() != Some("start") {
+            return Ok(Step::Idle);
+        }
     }
     if rt.failures >= MAX_START_FAILURES {
         let msg = format!("the cluster failed {} times in a row", rt.failures);
-        let mut c = cx.conn().await?;
-        store::runtime::set_failures(&mut c, &cx.app_id, 0).await?;
-        drop(c);
+        let mut tx = cx.r.fenced().await?;
+        store::runtime::set_failures(&mut tx, &cx.app_id, 0).await?;
+        tx.commit().await?;
         return fail(cx, a, "cluster_failed", &msg).await;
     }
     if rt.failures > 0 {
@@ -809,7 +834,7 @@ async fn without_run(
     }
     let need = kpu_milli(&a.spec);
     if (rt.reserved_kpu_milli as u64) < need || rt.queued_seq.is_some() {
-        let mut tx = cx.r.db.begin().await?;
+        let mut tx = cx.r.fenced().await?;
         let d = admission::admit(&mut tx, &cx.org, pool, &cx.app_id, need).await?;
         tx.commit().await?;
         match d {
@@ -861,7 +886,7 @@ async fn start_run(
             Err(why) => return fail(cx, a, "savepoint_unavailable", &why).await,
         },
     };
-    let mut tx = cx.r.db.begin().await?;
+    let mut tx = cx.r.fenced().await?;
     let generation = store::run::max_generation(&mut tx, cx.app_id.as_str())
         .await?
         .max(status.generation)

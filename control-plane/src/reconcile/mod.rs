@@ -1,9 +1,13 @@
 //! The reconciler: drives every application's cluster toward its spec (DESIGN §3, §9).
 //!
-//! - **One leader.** Only the process holding a PostgreSQL advisory lock acts; the lock is
-//!   held by a dedicated connection, so a dead leader's lock goes with its connection and a
-//!   standby (polling every `interval_ms`) takes over within seconds. The leader re-checks
-//!   that it still holds the lock before every pass, and writes nothing otherwise.
+//! - **One leader, fenced.** Only the process holding a PostgreSQL advisory lock acts; the
+//!   lock is held by a dedicated connection, so a dead leader's lock goes with its connection
+//!   and a standby (polling every `interval_ms`) takes over within seconds. Each election
+//!   increments a leader epoch; every write runs in a transaction fenced by it, so a deposed
+//!   leader that has not noticed yet writes nothing and steps down ([`leader`]). The leader
+//!   re-checks lock and epoch before every pass. The provisioner acts only under the term:
+//!   activated at the epoch (re-reading and re-adopting what a predecessor left), deactivated
+//!   when the term ends, so a standby never supervises or restarts a process.
 //! - **Level-triggered.** A pass lists the applications that may need work (desired
 //!   running, not STOPPED, an open run, an operation in progress, being deleted) and takes
 //!   idempotent steps for each from what it reads (spec, status, runs) and what the
@@ -19,6 +23,7 @@
 
 mod app;
 pub mod jobmanager;
+pub mod leader;
 pub mod storage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,11 +33,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use sluice_provisioner::{ClusterPhase, Provisioner};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReconcilerConfig;
+pub use leader::{Deposed, FencedTx, Leadership};
 pub use storage::{BlobOpener, fs_opener};
 
 /// What the API and the reconciler share about running applications: the provisioner, the
@@ -110,7 +116,9 @@ pub async fn engine_from_config(
             let mut opts =
                 sluice_provisioner::local::LocalOptions::new(cfg.provisioner_root(), engine);
             opts.stop_grace = Duration::from_millis(cfg.provisioner.stop_grace_ms);
-            let local = sluice_provisioner::local::LocalProvisioner::open(opts)
+            // A standby until this process's reconciler is elected (other control planes
+            // of this host may share the root).
+            let local = sluice_provisioner::local::LocalProvisioner::open_standby(opts)
                 .await
                 .context("open the local provisioner")?;
             Some(local as Arc<dyn Provisioner>)
@@ -144,6 +152,7 @@ pub struct Reconciler {
     engine: Arc<Engine>,
     cfg: ReconcilerConfig,
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    term: Mutex<Option<leader::Term>>,
 }
 
 impl Reconciler {
@@ -154,6 +163,7 @@ impl Reconciler {
             engine,
             cfg,
             backoff: Mutex::new(HashMap::new()),
+            term: Mutex::new(None),
         }
     }
 
@@ -176,32 +186,29 @@ impl Reconciler {
     }
 
     /// Takes the lock if free and reconciles while holding it; returns when the lock is not
-    /// (or no longer) held.
+    /// (or no longer) held, or the term was deposed.
     async fn lead(&self, shutdown: &CancellationToken, interval: Duration) -> Result<()> {
-        let mut conn = PgConnection::connect(&self.db_url)
-            .await
-            .context("connect the leader-lock session")?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.cfg.leader_lock_key)
-            .fetch_one(&mut conn)
-            .await?;
-        if !got {
-            conn.close().await.ok();
+        let Some(mut l) = self.elect().await? else {
             return Ok(());
-        }
-        tracing::info!("reconciler: elected leader");
+        };
+        let result = self.lead_term(&mut l, shutdown, interval).await;
+        // Also on shutdown: closing the session releases the lock for a standby at once.
+        self.step_down(l).await;
+        result
+    }
+
+    async fn lead_term(
+        &self,
+        l: &mut Leadership,
+        shutdown: &CancellationToken,
+        interval: Duration,
+    ) -> Result<()> {
+        let Some((_, deposed)) = self.term_token() else {
+            anyhow::bail!("elected without a term");
+        };
         loop {
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
-                 AND pid = pg_backend_pid() AND granted
-                 AND ((classid::bigint << 32) | objid::bigint) = $1)",
-            )
-            .bind(self.cfg.leader_lock_key)
-            .fetch_one(&mut conn)
-            .await
-            .context("re-check leadership")?;
-            if !held {
-                anyhow::bail!("the leader lock was lost");
+            if !self.still_leads(l).await? {
+                anyhow::bail!("the leader lock or epoch {} was lost", l.epoch());
             }
             let started = Instant::now();
             match self.pass().await {
@@ -212,23 +219,33 @@ impl Reconciler {
                 ),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "reconciler pass failed"),
             }
+            if deposed.is_cancelled() {
+                anyhow::bail!("deposed at epoch {}: a newer leader was elected", l.epoch());
+            }
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    // Closing the session releases the lock for a standby at once.
-                    conn.close().await.ok();
-                    return Ok(());
-                }
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = deposed.cancelled() => {}
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.engine.wake.notified() => {}
             }
         }
     }
 
+    /// Fails unless this process leads at the current epoch.
+    pub(crate) async fn check_fence(&self) -> Result<()> {
+        self.fenced().await?.commit().await?;
+        Ok(())
+    }
+
     /// One pass over every application that may need work; returns how many were looked at.
+    /// Only under leadership (see [`Reconciler::elect`]); refused with [`Deposed`] when a
+    /// newer leader was elected.
     pub async fn pass(&self) -> Result<usize> {
         let Some(prov) = self.engine.provisioner.clone() else {
             return Ok(0);
         };
+        // Nothing, not even an orphan's deletion, happens outside the term.
+        self.check_fence().await?;
         let mut conn = self.db.acquire().await?;
         let ids = crate::store::reconcile::candidates(&mut conn).await?;
         drop(conn);
@@ -249,6 +266,18 @@ impl Reconciler {
                 }
             })
             .await;
+        if let Some((mine, deposed)) = self.term_token()
+            && deposed.is_cancelled()
+        {
+            let mut c = self.db.acquire().await?;
+            let current: i64 =
+                sqlx::query_scalar("SELECT epoch FROM reconciler_leader WHERE lock_key = $1")
+                    .bind(self.cfg.leader_lock_key)
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .unwrap_or(0);
+            return Err(Deposed { mine, current }.into());
+        }
         Ok(n)
     }
 

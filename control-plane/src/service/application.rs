@@ -360,6 +360,12 @@ pub async fn set_desired_state_in(
     let current = load(tx, ctx, id, true).await?;
     check_version(if_match, current.version)?;
     not_deleting(tx, id).await?;
+    if want == DesiredState::Running
+        && current.spec.desired_state == want
+        && current.status.phase == sluice_api_types::Phase::Failed
+    {
+        return restart_failed(tx, ctx, &current).await;
+    }
     if current.spec.desired_state == want {
         return Err(ServiceError::Conflict {
             code: "invalid_state",
@@ -393,6 +399,40 @@ pub async fn set_desired_state_in(
         OperationKind::Stop
     };
     let (_, op) = new_version(tx, ctx, &current, &spec, kind).await?;
+    Ok(op)
+}
+
+/// `:start` of a FAILED application: tries its current version again, without a new
+/// version (DESIGN §3 `FAILED ──start──▶ PENDING`; AWS MSF's StartApplication likewise
+/// restarts the same application version). Admitted like any start; the reconciler takes
+/// the in-progress `start` operation as the signal to try again.
+async fn restart_failed(
+    tx: &mut Tx,
+    ctx: &Ctx,
+    current: &Application,
+) -> Result<Operation, ServiceError> {
+    let id = &current.id;
+    store::runtime::ensure(tx, &ctx.org_id, id, &current.spec.compute_pool_id).await?;
+    store::runtime::set_stop_force(tx, id, false).await?;
+    check_fits_pool(tx, ctx, &current.spec).await?;
+    admit(tx, ctx, id, &current.spec).await?;
+    let op = store::operation::insert(
+        tx,
+        &ctx.org_id,
+        id,
+        OperationKind::Start,
+        current.version,
+        OperationState::InProgress,
+    )
+    .await?;
+    ctx.audit(
+        tx,
+        "application.start",
+        "application",
+        id.as_str(),
+        serde_json::json!({ "version": current.version, "operation_id": op.id, "restart_of": "FAILED" }),
+    )
+    .await?;
     Ok(op)
 }
 

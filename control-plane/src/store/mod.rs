@@ -17,6 +17,7 @@ pub mod event;
 pub mod idempotency;
 pub mod operation;
 pub mod organization;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod run;
 pub mod runtime;

@@ -29,7 +29,7 @@ pub async fn write(
              current_kpu_milli = EXCLUDED.current_kpu_milli, run_id = EXCLUDED.run_id,
              generation = EXCLUDED.generation, last_checkpoint = EXCLUDED.last_checkpoint,
              started_at = EXCLUDED.started_at, queue_position = EXCLUDED.queue_position,
-             updated_at = now()
+             leader_epoch = EXCLUDED.leader_epoch, updated_at = now()
          WHERE (s.phase, s.reason, s.message, s.observed_version, s.current_kpu_milli, s.run_id,
                 s.generation, s.last_checkpoint, s.started_at, s.queue_position)
                IS DISTINCT FROM

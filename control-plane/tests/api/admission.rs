@@ -274,3 +274,110 @@ pub async fn wait_gone(app: &TestApp, token: &str, id: &str) {
     .await
     .unwrap();
 }
+
+/// A scale-up that does not fit a queueing pool waits in the pool's FIFO queue (PENDING,
+/// its cluster running on at the size it holds) and is admitted before later starts when
+/// capacity frees.
+#[tokio::test]
+async fn a_queued_scale_up_keeps_its_cluster_and_is_admitted_in_fifo_order() {
+    let c = clusters(Storage::Fs).await;
+    let app = engine_app(&c, None).await;
+    let org = app.new_org("scaleq").await;
+    // 3 KPU: room for two applications of 1.25 KPU, not for 2.25 + 1.25.
+    let pool_id = pool(&app, &org.admin, 3, "queue").await;
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let id = new_app(&app, &org.admin, &pool_id, name).await;
+        let r = app
+            .post(
+                &format!("/v1/applications/{id}:start"),
+                &org.admin,
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(id);
+    }
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    let before = wait_phase(&app, &org.admin, &a, "RUNNING").await;
+    wait_phase(&app, &org.admin, &b, "RUNNING").await;
+
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/applications/{a}"),
+            Some(&org.admin),
+            Some(json!({ "parallelism": 2 })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = wait_status(&app, &org.admin, &a, "PENDING", |s| {
+        s["queue_position"] == 1
+    })
+    .await;
+    assert_eq!(s["reason"], "compute_pool_exhausted", "{s}");
+    assert_eq!(s["run_id"], before["run_id"], "the cluster runs on: {s}");
+    assert_eq!(s["generation"], 1, "{s}");
+    assert_eq!(s["current_kpu_milli"], 1250, "{s}");
+
+    // A later start waits behind the scale-up, although it alone would fit once b stops.
+    let late = new_app(&app, &org.admin, &pool_id, "late").await;
+    let r = app
+        .post(
+            &format!("/v1/applications/{late}:start"),
+            &org.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&app, &org.admin, &late, "PENDING", |s| {
+        s["queue_position"] == 2
+    })
+    .await;
+
+    // b stops: the head of the queue, the scale-up, gets the room.
+    let r = app
+        .post(
+            &format!("/v1/applications/{b}:stop"),
+            &org.admin,
+            json!({ "force": true }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = wait_status(&app, &org.admin, &a, "RUNNING", |s| {
+        s["generation"] == 2 && s["current_kpu_milli"] == 2250
+    })
+    .await;
+    assert_ne!(s["run_id"], before["run_id"]);
+    let sl = status_of(&app, &org.admin, &late).await;
+    assert_eq!(sl["phase"], "PENDING", "{sl}");
+    assert_eq!(sl["queue_position"], 1, "{sl}");
+    let p = app
+        .get(&format!("/v1/compute-pools/{pool_id}"), &org.admin)
+        .await;
+    assert_eq!(p.body["status"]["current_kpu_milli"], 2250, "{}", p.body);
+    assert_eq!(p.body["status"]["pending_applications"], 1, "{}", p.body);
+
+    // a stops: the queue's next one runs.
+    app.post(
+        &format!("/v1/applications/{a}:stop"),
+        &org.admin,
+        json!({ "force": true }),
+    )
+    .await;
+    wait_phase(&app, &org.admin, &late, "RUNNING").await;
+    for id in [&a, &b, &late] {
+        let r = app
+            .call(
+                Method::DELETE,
+                &format!("/v1/applications/{id}"),
+                Some(&org.admin),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    for id in [&a, &b, &late] {
+        wait_gone(&app, &org.admin, id).await;
+    }
+}

@@ -13,9 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_api_types::{
     Admission, CheckpointMode, CheckpointSpec, CreateApplication, CreateComputePool, DesiredState,
-    OperationState, PageParams, RestoreSpec, StopRequest, UpdateApplication,
+    OperationState, RestoreSpec, StopRequest, UpdateApplication,
 };
-use sluice_client::Client;
+use sluice_client::{Client, ListApplicationEventsQuery, ListSavepointsQuery};
 
 use crate::admission::{wait_phase, wait_status};
 use crate::cluster::{Storage, clusters, engine_app};
@@ -153,34 +153,40 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
     create_topics(&bootstrap, &[&input, &output]).await;
 
     let pool = client
-        .create_compute_pool(&CreateComputePool {
-            name: "e2e".into(),
-            region: "local".into(),
-            max_kpu: 8,
-            admission: Admission::Reject,
-        })
+        .create_compute_pool(
+            &CreateComputePool {
+                name: "e2e".into(),
+                region: "local".into(),
+                max_kpu: 8,
+                admission: Admission::Reject,
+            },
+            None,
+        )
         .await
         .unwrap()
         .value;
     let created = client
-        .create_application(&CreateApplication {
-            name: "rolling-count".into(),
-            compute_pool_id: pool.id.clone(),
-            sql: job_sql(&bootstrap, &input, &output, "v1"),
-            parallelism: 1,
-            parallelism_per_kpu: 1,
-            checkpoint: CheckpointSpec {
-                interval_ms: 1000,
-                min_pause_ms: 0,
-                mode: CheckpointMode::ExactlyOnce,
+        .create_application(
+            &CreateApplication {
+                name: "rolling-count".into(),
+                compute_pool_id: pool.id.clone(),
+                sql: job_sql(&bootstrap, &input, &output, "v1"),
+                parallelism: 1,
+                parallelism_per_kpu: 1,
+                checkpoint: CheckpointSpec {
+                    interval_ms: 1000,
+                    min_pause_ms: 0,
+                    mode: CheckpointMode::ExactlyOnce,
+                },
+                state_backend: Default::default(),
+                desired_state: DesiredState::Stopped,
+                restore: RestoreSpec::default(),
+                upgrade_mode: Default::default(),
+                config: BTreeMap::new(),
+                restart_nonce: 0,
             },
-            state_backend: Default::default(),
-            desired_state: DesiredState::Stopped,
-            restore: RestoreSpec::default(),
-            upgrade_mode: Default::default(),
-            config: BTreeMap::new(),
-            restart_nonce: 0,
-        })
+            None,
+        )
         .await
         .unwrap()
         .value;
@@ -188,7 +194,7 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
 
     // Start: STARTING → RUNNING, the operation SUCCEEDED.
     let t0 = Instant::now();
-    let op = client.application_action(&id, "start", None).await.unwrap();
+    let op = client.start_application(&id, None, None).await.unwrap();
     op_done(&client, op.id.as_str()).await;
     let running = wait_phase(&app, &org.admin, &id, "RUNNING").await;
     eprintln!("start → RUNNING in {:?}", t0.elapsed());
@@ -197,7 +203,7 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
     produce(&bootstrap, &input, 0, 30);
     let out = consume_until(&bootstrap, &output, 30);
     assert!(out.values().all(|t| t.contains("v1")));
-    let metrics = client.get_metrics(&id).await.unwrap();
+    let metrics = client.get_application_metrics(&id).await.unwrap();
     assert_eq!(metrics.job_state, "RUNNING");
 
     // Change the SQL: UPDATING through a savepoint; the counts go on from the state.
@@ -266,15 +272,15 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
 
     // Stop with a savepoint, start again from it.
     let op = client
-        .stop_application(&id, &StopRequest { force: false })
+        .stop_application(&id, Some(&StopRequest { force: false }), None, None)
         .await
         .unwrap();
     op_done(&client, op.id.as_str()).await;
     wait_phase(&app, &org.admin, &id, "STOPPED").await;
     let events = client
-        .list_events(
+        .list_application_events(
             &id,
-            &PageParams {
+            &ListApplicationEventsQuery {
                 page_size: Some(200),
                 page_token: None,
             },
@@ -293,9 +299,9 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
     let savepoints = client
         .list_savepoints(
             &id,
-            &PageParams {
+            &ListSavepointsQuery {
                 page_size: Some(50),
-                page_token: None,
+                ..Default::default()
             },
         )
         .await
@@ -323,7 +329,7 @@ async fn an_application_runs_updates_scales_stops_restarts_and_is_deleted_withou
         "the SQL change and the scale each took one: {origins:?}"
     );
     produce(&bootstrap, &input, 90, 120);
-    let op = client.application_action(&id, "start", None).await.unwrap();
+    let op = client.start_application(&id, None, None).await.unwrap();
     op_done(&client, op.id.as_str()).await;
     wait_status(&app, &org.admin, &id, "RUNNING", |s| s["generation"] == 4).await;
     let db = app.db().await;

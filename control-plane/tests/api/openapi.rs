@@ -27,7 +27,9 @@ fn committed_openapi_matches_the_code() {
         committed == generated,
         "openapi/openapi.json is out of date with the handlers; regenerate it with\n  \
          SLUICE_WRITE_OPENAPI=1 dev/cargo test -p sluice-control-plane --test api openapi\n\
-         (or `sluice openapi > openapi/openapi.json`) and commit the result"
+         (or `sluice openapi > openapi/openapi.json`), then the typed client with\n  \
+         SLUICE_WRITE_CLIENT=1 dev/cargo test -p sluice-client --test codegen\n\
+         and commit the results"
     );
 }
 

@@ -83,24 +83,27 @@ fn has(
 
 async fn create_app(client: &Client, pool: &str, name: &str, sql: String) -> String {
     client
-        .create_application(&CreateApplication {
-            name: name.into(),
-            compute_pool_id: pool.parse().unwrap(),
-            sql,
-            parallelism: 1,
-            parallelism_per_kpu: 1,
-            checkpoint: CheckpointSpec {
-                interval_ms: 1000,
-                min_pause_ms: 0,
-                mode: CheckpointMode::ExactlyOnce,
+        .create_application(
+            &CreateApplication {
+                name: name.into(),
+                compute_pool_id: pool.parse().unwrap(),
+                sql,
+                parallelism: 1,
+                parallelism_per_kpu: 1,
+                checkpoint: CheckpointSpec {
+                    interval_ms: 1000,
+                    min_pause_ms: 0,
+                    mode: CheckpointMode::ExactlyOnce,
+                },
+                state_backend: Default::default(),
+                desired_state: DesiredState::Stopped,
+                restore: RestoreSpec::default(),
+                upgrade_mode: Default::default(),
+                config: BTreeMap::new(),
+                restart_nonce: 0,
             },
-            state_backend: Default::default(),
-            desired_state: DesiredState::Stopped,
-            restore: RestoreSpec::default(),
-            upgrade_mode: Default::default(),
-            config: BTreeMap::new(),
-            restart_nonce: 0,
-        })
+            None,
+        )
         .await
         .unwrap()
         .value
@@ -157,6 +160,7 @@ async fn take_savepoint(client: &Client, id: &str, label: &str) -> sluice_api_ty
                 label: Some(label.into()),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap()
@@ -175,12 +179,15 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     let output = sluice_test_support::unique_name("counts");
     create_topics(&bootstrap, &[&input, &output]).await;
     let pool = client
-        .create_compute_pool(&CreateComputePool {
-            name: "restore".into(),
-            region: "local".into(),
-            max_kpu: 8,
-            admission: Admission::Reject,
-        })
+        .create_compute_pool(
+            &CreateComputePool {
+                name: "restore".into(),
+                region: "local".into(),
+                max_kpu: 8,
+                admission: Admission::Reject,
+            },
+            None,
+        )
         .await
         .unwrap()
         .value
@@ -193,7 +200,7 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
         job_sql(&bootstrap, &input, &output, "v1"),
     )
     .await;
-    let op = client.application_action(&id, "start", None).await.unwrap();
+    let op = client.start_application(&id, None, None).await.unwrap();
     op_done(&client, op.id.as_str()).await;
     wait_phase(&app, &org.admin, &id, "RUNNING").await;
 
@@ -208,7 +215,7 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     let b = take_savepoint(&client, &id, "B").await;
     assert_ne!(a.location, b.location);
     let op = client
-        .stop_application(&id, &StopRequest { force: false })
+        .stop_application(&id, Some(&StopRequest { force: false }), None, None)
         .await
         .unwrap();
     op_done(&client, op.id.as_str()).await;
@@ -223,10 +230,7 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     )
     .await;
     restore_from(&client, &other, &a.id, None).await;
-    client
-        .application_action(&other, "start", None)
-        .await
-        .unwrap();
+    client.start_application(&other, None, None).await.unwrap();
     let s = wait_phase(&app, &org.admin, &other, "FAILED").await;
     assert_eq!(s["reason"], "savepoint_unavailable", "{s}");
     let msg = s["message"].as_str().unwrap_or_default();
@@ -243,16 +247,13 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     )
     .await;
     let failed = client
-        .create_savepoint(&third, &CreateSavepoint::default())
+        .create_savepoint(&third, &CreateSavepoint::default(), None)
         .await
         .unwrap()
         .value;
     wait_savepoint(&client, &failed.id, "FAILED").await;
     restore_from(&client, &third, &failed.id, None).await;
-    client
-        .application_action(&third, "start", None)
-        .await
-        .unwrap();
+    client.start_application(&third, None, None).await.unwrap();
     let s = wait_phase(&app, &org.admin, &third, "FAILED").await;
     assert_eq!(s["reason"], "savepoint_unavailable", "{s}");
     let msg = s["message"].as_str().unwrap_or_default();
@@ -269,7 +270,7 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
         Some(job_sql(&bootstrap, &input, &output, "from-a")),
     )
     .await;
-    let op = client.application_action(&id, "start", None).await.unwrap();
+    let op = client.start_application(&id, None, None).await.unwrap();
     op_done(&client, op.id.as_str()).await;
     wait_status(&app, &org.admin, &id, "RUNNING", |s| s["generation"] == 2).await;
     let db = app.db().await;
@@ -310,12 +311,13 @@ async fn a_start_from_a_chosen_older_savepoint_continues_that_savepoints_counts(
     // job with a savepoint and starts the old spec from it, so the counts go on from A +
     // batches 2 and 3 rather than from A again or from nothing.
     let op = client
-        .application_action(
+        .rollback_application(
             &id,
-            "rollback",
             Some(&RollbackRequest {
                 to_version: Some(1),
             }),
+            None,
+            None,
         )
         .await
         .unwrap();

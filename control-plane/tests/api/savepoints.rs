@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sluice_api_types::{PageParams, SavepointOrigin, SavepointStatus};
+use sluice_api_types::{SavepointOrigin, SavepointStatus};
 use sluice_blob::checkpoint::{METADATA_FILE, SnapshotKind};
 use sluice_blob::{BlobLocation, BlobPath};
 use sluice_blob_s3::{RetryPolicy, S3Options, S3Store};
@@ -463,7 +463,7 @@ async fn a_schedule_with_max_count_keeps_exactly_that_many_and_disposes_the_file
     // The typed client reads the same.
     let client = sluice_client::Client::new(&env.app.base).with_token(&token);
     let listed = client
-        .list_savepoints(&app, &PageParams::default())
+        .list_savepoints(&app, &sluice_client::ListSavepointsQuery::default())
         .await
         .unwrap();
     assert_eq!(
@@ -483,7 +483,11 @@ async fn a_schedule_with_max_count_keeps_exactly_that_many_and_disposes_the_file
     assert_eq!(schedule.value.retention.max_count, Some(3));
     assert!(!schedule.value.enabled);
     assert_eq!(
-        client.savepoint_usage(&app).await.unwrap().completed_count,
+        client
+            .get_savepoint_usage(&app)
+            .await
+            .unwrap()
+            .completed_count,
         3
     );
 
