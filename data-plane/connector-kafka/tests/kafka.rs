@@ -168,6 +168,16 @@ fn source_restores_partition_offsets_at_another_parallelism() {
 const PREFIX_UID: &str = "0-snk";
 
 fn eos_sink(bootstrap: &str, topic: &str, prefix: &str, subtask: usize) -> Box<dyn SinkWriter> {
+    eos_sink_with(bootstrap, topic, prefix, subtask, Default::default())
+}
+
+fn eos_sink_with(
+    bootstrap: &str,
+    topic: &str,
+    prefix: &str,
+    subtask: usize,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Box<dyn SinkWriter> {
     let t = plan_table(
         &format!(
             "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen');
@@ -189,7 +199,7 @@ fn eos_sink(bootstrap: &str, topic: &str, prefix: &str, subtask: usize) -> Box<d
         job_id: "job-1".into(),
         sink_uid: PREFIX_UID.into(),
         exactly_once: true,
-        cancelled: Default::default(),
+        cancelled,
     };
     connectors()
         .get(&t)
@@ -362,6 +372,38 @@ fn a_restore_after_a_crash_inside_another_transaction_commits_once() {
     r0.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=10);
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Aborted), 900..=901);
+    assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
+}
+
+/// A commit of a cancelled attempt gives up at once: its subtask must end within the
+/// TaskManager's cancellation timeout, and the restore commits the same records again.
+#[test]
+fn a_cancelled_commit_returns_at_once_and_commits_nothing() {
+    let bootstrap = kafka().bootstrap_servers.clone();
+    let topic = unique_name("eos-cancel-");
+    let prefix = unique_name("tx-");
+    create_topic(&bootstrap, &topic, 2);
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut a = eos_sink_with(&bootstrap, &topic, &prefix, 0, cancelled.clone());
+    a.write(&id_batch(1..=20_000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c1 = a.prepare_commit(1).unwrap_or_else(|e| panic!("{e}"));
+    cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let res = a.commit(1, &c1);
+    let took = started.elapsed();
+    assert!(res.is_err(), "a cancelled commit went through");
+    assert!(
+        took < Duration::from_secs(3),
+        "the cancelled commit took {took:?}"
+    );
+    drop(a);
+    assert!(log_ids(&bootstrap, &topic, Fate::Committed).is_empty());
+
+    let mut r = eos_sink(&bootstrap, &topic, &prefix, 0);
+    r.recover(&[0]).unwrap_or_else(|e| panic!("{e}"));
+    r.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=20_000);
     assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
 }
 
