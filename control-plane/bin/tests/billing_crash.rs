@@ -20,64 +20,20 @@ const T: Duration = Duration::from_secs(60);
 const TOKEN: &str = "billing-crash-operator-token-0123456789";
 const DATAGEN: &str = "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '20');\nCREATE TABLE sink (id BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO sink SELECT id FROM src;";
 
-fn engine_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-engine");
-    assert!(
-        bin.exists(),
-        "{} is missing: build sluice-engine first",
-        bin.display()
-    );
-    bin
-}
+mod common;
 
-struct Server {
-    child: tokio::process::Child,
-    base: String,
-}
+use common::{Server, ServerOpts, bootstrap, call, start_server, token};
 
 async fn start(url: &str, data: &Path) -> Server {
-    let port = sluice_test_support::free_port().unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("server")
-        .env("SLUICE_DATABASE__URL", url)
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_DATA_DIR", data)
-        .env("SLUICE_ENGINE__BINARY", engine_binary())
-        .env("SLUICE_RECONCILER__INTERVAL_MS", "100")
-        .env("SLUICE_RECONCILER__BACKOFF_INITIAL_MS", "200")
-        .env("SLUICE_AUTH__ADMIN_TOKEN", TOKEN)
-        .kill_on_drop(true);
-    if std::env::var_os("TEST_LOG").is_none() {
-        cmd.stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
-    }
-    let child = cmd.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    sluice_test_support::wait_for("the server", T, || async {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
+    start_server(
+        url,
+        data,
+        ServerOpts {
+            env: &[("SLUICE_AUTH__ADMIN_TOKEN", TOKEN)],
+            ..ServerOpts::default()
+        },
+    )
     .await
-    .unwrap();
-    Server { child, base }
-}
-
-async fn call(base: &str, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
 }
 
 async fn wait_phase(base: &str, token: &str, id: &str, phase: &str) -> Value {
@@ -258,47 +214,10 @@ async fn the_ledger_matches_real_process_lifetimes_across_a_control_plane_crash(
     let data = tempfile::tempdir().unwrap();
     let _reaper = Reaper(data.path().to_owned());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "admin",
-            "bootstrap",
-            "--org",
-            "bill",
-            "--email",
-            "a@bill.test",
-        ])
-        .env("SLUICE_DATABASE__URL", &url)
-        .env("SLUICE_DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    let (key_id, secret) = (field("api key id:"), field("api secret:"));
+    let key = bootstrap(&url, data.path(), "bill");
 
     let s = start(&url, data.path()).await;
-    let tok = reqwest::Client::new()
-        .post(format!("{}/v1/auth/token", s.base))
-        .json(&json!({ "key_id": key_id, "secret": secret }))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let tok = token(&s.base, &key).await;
     let pool = call(
         &s.base,
         &tok,

@@ -16,59 +16,24 @@ const T: Duration = Duration::from_secs(90);
 const DATAGEN: &str = "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '20');\nCREATE TABLE sink (id BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO sink SELECT id FROM src;";
 const LEADER_KEY: i64 = 0x5e1c_e001;
 
-fn engine_binary() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-engine")
-}
+mod common;
 
-struct Server {
-    /// Killed when dropped.
-    child: tokio::process::Child,
-    base: String,
-    pid: u32,
-}
-
-impl Server {
-    /// Waits for an armed failpoint to abort the process.
-    async fn crashed(mut self) {
-        let st = tokio::time::timeout(T, self.child.wait())
-            .await
-            .expect("the failpoint fired")
-            .unwrap();
-        assert!(!st.success(), "{st}");
-    }
-}
+use common::{Server, ServerOpts, bootstrap, call, engine_binary, start_server, token};
 
 async fn start(url: &str, data: &Path, log: &Path, failpoint: Option<&str>) -> Server {
-    let port = sluice_test_support::free_port().unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("server")
-        .env("SLUICE_DATABASE__URL", url)
-        .env("SLUICE_DATABASE__MAX_CONNECTIONS", "4")
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_DATA_DIR", data)
-        .env("SLUICE_ENGINE__BINARY", engine_binary())
-        .env("SLUICE_RECONCILER__INTERVAL_MS", "100")
-        .env("SLUICE_RECONCILER__BACKOFF_INITIAL_MS", "200")
-        .env("SLUICE_LOG__FILTER", "info,sluice_provisioner=debug")
-        .env("SLUICE_DEV_FAILPOINTS", failpoint.unwrap_or(""))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    sluice_test_support::wait_for("the server", T, || async {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
+    start_server(
+        url,
+        data,
+        ServerOpts {
+            failpoint,
+            env: &[
+                ("SLUICE_DATABASE__MAX_CONNECTIONS", "4"),
+                ("SLUICE_LOG__FILTER", "info,sluice_provisioner=debug"),
+            ],
+            log: Some(log),
+        },
+    )
     .await
-    .unwrap();
-    Server { child, base, pid }
 }
 
 /// On a failure: the servers' logs; always: no engine process of the test outlives it.
@@ -127,20 +92,6 @@ fn engine_processes(data: &Path) -> Vec<(u32, PathBuf)> {
     out
 }
 
-async fn call(base: &str, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-    let mut r = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .json(&body);
-    if !token.is_empty() {
-        r = r.bearer_auth(token);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
-}
-
 async fn get(base: &str, token: &str, path: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .get(format!("{base}{path}"))
@@ -180,44 +131,6 @@ async fn leader_passes(db: &sqlx::PgPool) -> Option<(i64, u32, i64)> {
     row.map(|(e, h, n)| (e, h.rsplit(':').next().unwrap().parse().unwrap(), n))
 }
 
-/// An organization made by `sluice admin bootstrap`: its admin API key (id, secret).
-fn bootstrap(url: &str, data: &Path) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["admin", "bootstrap", "--org", "ha", "--email", "a@ha.test"])
-        .env("SLUICE_DATABASE__URL", url)
-        .env("SLUICE_DATA_DIR", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    (field("api key id:"), field("api secret:"))
-}
-
-async fn token(base: &str, (key_id, secret): &(String, String)) -> String {
-    call(
-        base,
-        "",
-        reqwest::Method::POST,
-        "/v1/auth/token",
-        json!({ "key_id": key_id, "secret": secret }),
-    )
-    .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// The record's process incarnations of the cluster.
 fn record_procs(data: &Path, org: &str, app: &str) -> Vec<Value> {
     let path = data.join(format!("clusters/records/{org}__{app}.json"));
@@ -238,7 +151,7 @@ async fn a_standby_does_not_act_and_takes_over_a_killed_leaders_cluster_within_s
         data: data.clone(),
         logs: vec![logs.0.clone(), logs.1.clone()],
     };
-    let key = bootstrap(&url, &data);
+    let key = bootstrap(&url, &data, "ha");
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -490,7 +403,7 @@ async fn leaders_killed_mid_start_update_and_delete_hand_over_without_orphans() 
         data: data.clone(),
         logs: logs.clone(),
     };
-    let key = bootstrap(&url, &data);
+    let key = bootstrap(&url, &data, "ha");
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)

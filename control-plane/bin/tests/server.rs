@@ -191,5 +191,7 @@ async fn a_bad_kubernetes_provisioner_setting_stops_the_server_naming_it() {
 
 // Always built: the dev-dependency on sluice-control-plane turns its failpoints on for test
 // builds (armed only by SLUICE_DEV_FAILPOINTS), so `cargo test --workspace` runs the crash test.
+#[path = "common/mod.rs"]
+mod common;
 #[path = "server/crash.rs"]
 mod crash;

@@ -10,86 +10,22 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(90);
 const DATAGEN: &str = "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '20');\\nCREATE TABLE sink (id BIGINT) WITH ('connector' = 'blackhole');\\nINSERT INTO sink SELECT id FROM src;";
 
-fn engine_binary() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-engine")
-}
-
-struct Server {
-    child: tokio::process::Child,
-    base: String,
-}
+use super::common::{Server, ServerOpts, bootstrap, call, start_server, token};
 
 async fn start(url: &str, data: &Path, failpoint: Option<&str>) -> Server {
-    let port = sluice_test_support::free_port().unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("server")
-        .env("SLUICE_DATABASE__URL", url)
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_DATA_DIR", data)
-        .env("SLUICE_ENGINE__BINARY", engine_binary())
-        .env("SLUICE_RECONCILER__INTERVAL_MS", "100")
-        .env("SLUICE_RECONCILER__BACKOFF_INITIAL_MS", "200")
-        .env(
-            "SLUICE_AUTH__ADMIN_TOKEN",
-            "crash-test-operator-token-0123456789",
-        )
-        .env("SLUICE_DEV_FAILPOINTS", failpoint.unwrap_or(""))
-        .kill_on_drop(true);
-    if std::env::var_os("TEST_LOG").is_none() {
-        cmd.stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
-    }
-    let child = cmd.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    sluice_test_support::wait_for("the server", T, || async {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
+    start_server(
+        url,
+        data,
+        ServerOpts {
+            failpoint,
+            env: &[(
+                "SLUICE_AUTH__ADMIN_TOKEN",
+                "crash-test-operator-token-0123456789",
+            )],
+            log: None,
+        },
+    )
     .await
-    .unwrap();
-    Server { child, base }
-}
-
-impl Server {
-    /// SIGKILL, as a crashed host would.
-    fn kill(&self) {
-        if let Some(pid) = self.child.id() {
-            sluice_test_support::process::send_signal(pid, libc::SIGKILL);
-        }
-    }
-
-    /// Waits for the failpoint to abort the process.
-    async fn crashed(mut self) {
-        let st = tokio::time::timeout(T, self.child.wait())
-            .await
-            .expect("the failpoint fired")
-            .unwrap();
-        assert!(!st.success(), "{st}");
-    }
-}
-
-async fn call(
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut r = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
 }
 
 async fn wait_app(base: &str, token: &str, id: &str, cond: impl Fn(&Value) -> bool) -> Value {
@@ -152,48 +88,11 @@ async fn a_server_killed_during_start_update_and_delete_converges_after_a_restar
     let data = tempfile::tempdir().unwrap();
 
     // Bootstrap an organization with the binary, exchange the key for a token.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "admin",
-            "bootstrap",
-            "--org",
-            "crash",
-            "--email",
-            "a@crash.test",
-        ])
-        .env("SLUICE_DATABASE__URL", &url)
-        .env("SLUICE_DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    let (key_id, secret) = (field("api key id:"), field("api secret:"));
+    let key = bootstrap(&url, data.path(), "crash");
 
     // 1. Killed right after the cluster was applied, before the span was recorded.
     let s = start(&url, data.path(), Some("start.after_apply")).await;
-    let tok = reqwest::Client::new()
-        .post(format!("{}/v1/auth/token", s.base))
-        .json(&json!({ "key_id": key_id, "secret": secret }))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let tok = token(&s.base, &key).await;
     let pool = call(
         &s.base,
         &tok,
