@@ -18,13 +18,16 @@
 //! raw); `upsert-kafka` keys by the primary key, skips `-U` and writes `-D` as
 //! a tombstone. Delivery failures fail the job. At-least-once by default
 //! (flush on barriers and at the end). `'sink.delivery-guarantee' =
-//! 'exactly-once'` (with `'sink.transactional-id-prefix'`) in an exactly-once
-//! job: a write-ahead two-phase sink, see [`eos`].
+//! 'exactly-once'` (with `'sink.transactional-id-prefix'`, optionally
+//! `'sink.commit-marker-topic'`) in an exactly-once job: a write-ahead
+//! two-phase sink whose commit markers are records read back from the raw log,
+//! see [`eos`].
 //!
 //! Tests (real tansu broker through `sluice-test-support`):
 //! `dev/cargo test -p sluice-connector-kafka` — source restore at another
 //! parallelism, and the exactly-once sink through every crash window, checked
-//! on the raw log with `sluice_test_support::kafka_log`.
+//! on the raw log with `sluice_test_support::kafka_log` (the same reader,
+//! `sluice-kafka-log`, that the sink uses for its markers).
 
 pub mod eos;
 mod sink;
@@ -56,6 +59,29 @@ pub(crate) fn client_config(table: &TableDef) -> ClientConfig {
         }
     }
     c
+}
+
+/// Waits for one of rdkafka's admin futures (they complete on librdkafka's
+/// own thread, so polling them needs no async runtime).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+    struct W(std::thread::Thread);
+    impl Wake for W {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(W(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
 }
 
 struct Kafka;

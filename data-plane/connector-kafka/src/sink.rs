@@ -5,10 +5,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int8Type;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{Field, Schema};
-use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message};
 use sluice_connectors::json::encode_rows;
 use sluice_runtime::connector::{SinkContext, SinkWriter};
 use sluice_runtime::{Result, RowKind};
@@ -17,10 +17,14 @@ use sluice_sql::TableDef;
 use crate::eos::Eos;
 use crate::{client_config, err};
 
-/// Remembers the first failed delivery so the job fails instead of losing records.
+/// Remembers the first failed delivery so the job fails instead of losing
+/// records, and the offset of the last record delivered to `marker_topic`
+/// (the exactly-once sink's commit markers).
 #[derive(Clone, Default)]
 pub(crate) struct Ctx {
     pub(crate) failed: Arc<Mutex<Option<String>>>,
+    pub(crate) marker_topic: Option<Arc<str>>,
+    pub(crate) marker_offset: Arc<Mutex<Option<i64>>>,
 }
 
 impl ClientContext for Ctx {}
@@ -29,10 +33,18 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = ();
 
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(e.to_string());
+        match r {
+            Err((e, _)) => {
+                let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if f.is_none() {
+                    *f = Some(e.to_string());
+                }
+            }
+            Ok(m) => {
+                if self.marker_topic.as_deref() == Some(m.topic()) {
+                    *self.marker_offset.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(m.offset());
+                }
             }
         }
     }
@@ -105,12 +117,12 @@ impl KafkaSink {
             (
                 None,
                 Some(Eos::new(
-                    &topic,
+                    t,
                     prefix,
                     &sc.sink_uid,
                     sc.subtask,
                     sc.cancelled.clone(),
-                )),
+                )?),
             )
         } else {
             let mut cfg = client_config(t);
@@ -246,8 +258,7 @@ impl SinkWriter for KafkaSink {
     /// (the task layer takes a final checkpoint first, which leaves nothing).
     fn finish(&mut self) -> Result<()> {
         if let Some(eos) = self.eos.as_mut() {
-            let c = eos.pending.take(eos.subtask);
-            eos.commit(&self.table, None, &c)?;
+            eos.finish(&self.table)?;
         }
         self.flush()
     }
@@ -255,7 +266,7 @@ impl SinkWriter for KafkaSink {
     fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<u8>> {
         let _ = checkpoint_id;
         match self.eos.as_mut() {
-            Some(eos) => Ok(eos.pending.take(eos.subtask)),
+            Some(eos) => eos.take(&self.table),
             None => {
                 self.flush()?;
                 Ok(Vec::new())

@@ -13,10 +13,8 @@ use arrow_schema::{DataType, Field, Schema};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::connector::{
     Connectors, PollStatus, SinkContext, SinkWriter, SourceContext, SourceOutput, SourceReader,
     physical_schema,
@@ -31,33 +29,12 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap_or_else(|e| panic!("admin client: {e}"));
-    let res = block_on(admin.create_topics(
+    let res = sluice_connector_kafka::block_on(admin.create_topics(
         &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new().operation_timeout(Some(Timeout::After(T))),
     ));
     for r in res.unwrap_or_else(|e| panic!("create_topics: {e}")) {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
-}
-
-/// rdkafka's admin futures complete on librdkafka's own thread; polling them needs no runtime.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct W(std::thread::Thread);
-    impl Wake for W {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(W(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(50));
     }
 }
 
@@ -229,22 +206,27 @@ fn log_ids(bootstrap: &str, topic: &str, fate: Fate) -> Vec<i64> {
     ids
 }
 
-fn marker_checkpoint(bootstrap: &str, topic: &str, prefix: &str, subtask: usize) -> i64 {
-    let group = sluice_connector_kafka::eos::marker_group(prefix, PREFIX_UID, subtask);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", &group)
-        .create()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c
-        .committed_offsets(tpl, T)
-        .unwrap_or_else(|e| panic!("{e}"));
-    match got.find_partition(topic, 0).map(|e| e.offset()) {
-        Some(Offset::Offset(o)) => o,
-        other => panic!("no marker for {group}: {other:?}"),
-    }
+/// The highest committed commit sequence of `subtask` in the sink's marker
+/// topic (-1: none).
+fn marker_sequence(bootstrap: &str, prefix: &str, sink_uid: &str, subtask: usize) -> i64 {
+    let topic = format!("{prefix}-commits");
+    let log = match read_partition(bootstrap, &topic, 0) {
+        Ok(l) => l,
+        // Not created yet: no commit so far.
+        Err(e) if format!("{e:#}").contains("error code 3") => return -1,
+        Err(e) => panic!("{e:#}"),
+    };
+    let key = sluice_connector_kafka::eos::marker_key(sink_uid, subtask);
+    sluice_connector_kafka::eos::committed_markers(&log)
+        .get(&key)
+        .and_then(|(s, _)| *s)
+        .map_or(-1, |s| s as i64)
+}
+
+fn marker_checkpoint(bootstrap: &str, prefix: &str, subtask: usize) -> i64 {
+    let s = marker_sequence(bootstrap, prefix, PREFIX_UID, subtask);
+    assert!(s >= 0, "no commit marker of subtask {subtask}");
+    s
 }
 
 #[test]
@@ -261,7 +243,7 @@ fn exactly_once_sink_survives_every_crash_window() {
     assert!(log_ids(&bootstrap, &topic, Fate::Committed).is_empty());
     a.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=10);
-    assert_eq!(marker_checkpoint(&bootstrap, &topic, &prefix, 0), 1);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 0), 1);
     a.write(&id_batch(11..=20))
         .unwrap_or_else(|e| panic!("{e}"));
     let c2 = a.prepare_commit(2).unwrap_or_else(|e| panic!("{e}"));
@@ -298,7 +280,7 @@ fn exactly_once_sink_survives_every_crash_window() {
         b.commit(2, &c2).unwrap_or_else(|e| panic!("{e}"));
     }
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=20);
-    assert_eq!(marker_checkpoint(&bootstrap, &topic, &prefix, 0), 2);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 0), 2);
     // init_transactions of the restored producer fenced the zombie and
     // aborted its transaction.
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Aborted), 900..=904);
@@ -321,8 +303,27 @@ fn exactly_once_sink_survives_every_crash_window() {
     assert!(empty.is_empty());
     c.commit(4, &empty).unwrap_or_else(|e| panic!("{e}"));
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=30);
-    assert_eq!(marker_checkpoint(&bootstrap, &topic, &prefix, 1), 3);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 1), 3);
     assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
+}
+
+/// Subtask `subtask`'s producer writes ids 900 and 901 (one per partition) in a
+/// transaction and dies without ending it.
+fn die_inside_a_transaction(bootstrap: &str, topic: &str, prefix: &str, subtask: usize) {
+    let dead: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("{prefix}-{subtask}"))
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    dead.init_transactions(T).unwrap_or_else(|e| panic!("{e}"));
+    dead.begin_transaction().unwrap_or_else(|e| panic!("{e}"));
+    for (i, p) in [(900, 0), (901, 1)] {
+        let v = format!("{{\"id\":{i}}}");
+        dead.send(BaseRecord::<(), _>::to(topic).payload(&v).partition(p))
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+    dead.flush(T).unwrap_or_else(|e| panic!("{e}"));
+    std::mem::forget(dead);
 }
 
 /// The kill campaign's duplicates: subtask 1 crashed inside a transaction (records
@@ -340,20 +341,7 @@ fn a_restore_after_a_crash_inside_another_transaction_commits_once() {
     create_topic(&bootstrap, &topic, 2);
 
     // Subtask 1 dies inside a transaction on both partitions.
-    let dead: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("transactional.id", format!("{prefix}-1"))
-        .create()
-        .unwrap_or_else(|e| panic!("{e}"));
-    dead.init_transactions(T).unwrap_or_else(|e| panic!("{e}"));
-    dead.begin_transaction().unwrap_or_else(|e| panic!("{e}"));
-    for (i, p) in [(900, 0), (901, 1)] {
-        let v = format!("{{\"id\":{i}}}");
-        dead.send(BaseRecord::<(), _>::to(&topic).payload(&v).partition(p))
-            .unwrap_or_else(|(e, _)| panic!("{e}"));
-    }
-    dead.flush(T).unwrap_or_else(|e| panic!("{e}"));
-    std::mem::forget(dead);
+    die_inside_a_transaction(&bootstrap, &topic, &prefix, 1);
 
     // Subtask 0 commits checkpoint 1 (ids on both partitions), then crashes.
     let mut a = eos_sink(&bootstrap, &topic, &prefix, 0);
@@ -368,11 +356,58 @@ fn a_restore_after_a_crash_inside_another_transaction_commits_once() {
     let mut r1 = eos_sink(&bootstrap, &topic, &prefix, 1);
     r0.recover(&[0]).unwrap_or_else(|e| panic!("{e}"));
     r1.recover(&[1]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(marker_checkpoint(&bootstrap, &topic, &prefix, 0), 1);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 0), 1);
     r0.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=10);
     assert_exactly(log_ids(&bootstrap, &topic, Fate::Aborted), 900..=901);
     assert!(log_ids(&bootstrap, &topic, Fate::Open).is_empty());
+}
+
+/// tansu keeps an offset sent to a transaction back while another producer's transaction on
+/// the same partitions is open, and the abort of the committing producer's next transaction
+/// drops it. The commit markers are records, so their fate is their transaction's: a commit
+/// followed by an aborted one is still seen as committed after a restore.
+#[test]
+fn a_commit_followed_by_an_aborted_transaction_is_not_repeated() {
+    let bootstrap = kafka().bootstrap_servers.clone();
+    let topic = unique_name("eos-next-");
+    let prefix = unique_name("tx-");
+    create_topic(&bootstrap, &topic, 2);
+
+    // Subtask 1 dies inside a transaction on both partitions.
+    die_inside_a_transaction(&bootstrap, &topic, &prefix, 1);
+
+    // Subtask 0 commits checkpoint 1, then its commit of checkpoint 2 is aborted.
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut a = eos_sink_with(&bootstrap, &topic, &prefix, 0, cancelled.clone());
+    a.write(&id_batch(1..=10)).unwrap_or_else(|e| panic!("{e}"));
+    let c1 = a.prepare_commit(1).unwrap_or_else(|e| panic!("{e}"));
+    a.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+    a.write(&id_batch(11..=20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c2 = a.prepare_commit(2).unwrap_or_else(|e| panic!("{e}"));
+    cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(a.commit(2, &c2).is_err(), "a cancelled commit went through");
+    drop(a);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 0), 1);
+
+    let mut r0 = eos_sink(&bootstrap, &topic, &prefix, 0);
+    let mut r1 = eos_sink(&bootstrap, &topic, &prefix, 1);
+    r0.recover(&[0]).unwrap_or_else(|e| panic!("{e}"));
+    r1.recover(&[1]).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        r0.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+        r0.commit(2, &c2).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=20);
+    assert_eq!(marker_checkpoint(&bootstrap, &prefix, 0), 2);
+
+    // A third attempt re-reads the markers from the committables' floors.
+    let mut s0 = eos_sink(&bootstrap, &topic, &prefix, 0);
+    s0.recover(&[0]).unwrap_or_else(|e| panic!("{e}"));
+    s0.commit(1, &c1).unwrap_or_else(|e| panic!("{e}"));
+    s0.commit(2, &c2).unwrap_or_else(|e| panic!("{e}"));
+    assert_exactly(log_ids(&bootstrap, &topic, Fate::Committed), 1..=20);
 }
 
 /// A commit of a cancelled attempt gives up at once: its subtask must end within the
@@ -573,24 +608,7 @@ fn kill_9_mid_job_then_restore_latest_delivers_every_record_once() {
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     // Kill it once both sink subtasks committed a few checkpoints.
-    let marker = |st: usize| {
-        let group = sluice_connector_kafka::eos::marker_group(&prefix, "0-snk", st);
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .create()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&topic, 0);
-        match c
-            .committed_offsets(tpl, T)
-            .ok()
-            .and_then(|g| g.find_partition(&topic, 0).map(|e| e.offset()))
-        {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        }
-    };
+    let marker = |st: usize| marker_sequence(&bootstrap, &prefix, "0-snk", st);
     // A marker holds the commit sequence: generation above, checkpoint id in the low 32 bits.
     let checkpoint = |subtask| {
         let m = marker(subtask);

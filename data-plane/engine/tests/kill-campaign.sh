@@ -9,8 +9,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$root"
 runs="${RUNS:-3}"
 export SLUICE_KILLS="${SLUICE_KILLS:-50}"
-# The Kafka sink too (left out of the CI run: see the test's doc on tansu).
-export SLUICE_KILL_KAFKA="${SLUICE_KILL_KAFKA:-1}"
 # Build once (under the machine-wide build lock), then run without rebuilding.
 dev/cargo test -p sluice-engine --test engine --no-run
 for i in $(seq 1 "$runs"); do

@@ -91,6 +91,7 @@ fn connector_specs(connector: &str) -> Option<Vec<Spec>> {
                 Kind::Enum(&["exactly-once", "at-least-once", "none"]),
             ),
             opt("sink.transactional-id-prefix", Kind::Str),
+            opt("sink.commit-marker-topic", Kind::Str),
             opt("scan.watermark.idle-timeout", Kind::Duration),
         ],
         _ => return None,

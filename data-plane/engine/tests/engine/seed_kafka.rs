@@ -24,33 +24,12 @@ pub(crate) fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let rt = tokio_like_block_on(admin.create_topics(
+    let rt = sluice_connector_kafka::block_on(admin.create_topics(
         &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new().operation_timeout(Some(Timeout::After(T))),
     ));
     for r in rt.expect("create_topics") {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
-}
-
-/// rdkafka's admin futures complete on librdkafka's own thread; polling them to completion needs no runtime.
-fn tokio_like_block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct W(std::thread::Thread);
-    impl Wake for W {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(W(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(50));
     }
 }
 
