@@ -417,6 +417,78 @@ impl CheckpointStore {
         Ok(data)
     }
 
+    /// Downloads snapshot files into local paths, `concurrency` at a time, each streamed to
+    /// its file with its size and CRC checked on the way (nothing is held in memory, and
+    /// nothing is fsynced: the files are a restore's scratch copy). Returns the bytes written.
+    pub async fn download_files(
+        &self,
+        files: &[(BlobPath, FileRef, std::path::PathBuf)],
+        concurrency: usize,
+    ) -> Result<u64> {
+        let mut total = 0;
+        let mut each = futures::stream::iter(
+            files
+                .iter()
+                .map(|(dir, f, to)| self.download_file(dir, f, to)),
+        )
+        .buffer_unordered(concurrency.max(1));
+        while let Some(n) = each.next().await {
+            total += n?;
+        }
+        Ok(total)
+    }
+
+    async fn download_file(
+        &self,
+        dir: &BlobPath,
+        file: &FileRef,
+        to: &std::path::Path,
+    ) -> Result<u64> {
+        use futures::TryStreamExt;
+        use tokio::io::AsyncWriteExt;
+        let key = dir.join(&file.path)?;
+        let io_err = |op: &'static str, source: std::io::Error| BlobError::Io {
+            store: self.store.location().to_string(),
+            op,
+            key: format!("{key} (to {})", to.display()),
+            source,
+        };
+        let mut body = self.store.get_stream(&key).await?;
+        let mut out = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| io_err("create local file", e))?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut n = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| io_err("download", e))? {
+            crc.update(&chunk);
+            n += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| io_err("write local file", e))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| io_err("write local file", e))?;
+        let torn = |reason: String| CheckpointError::TornFile {
+            key: format!("{}/{key}", self.store.location()),
+            reason,
+        };
+        if n != file.size_bytes {
+            return Err(torn(format!(
+                "{n} bytes, the metadata records {}",
+                file.size_bytes
+            )));
+        }
+        let crc = crc.finalize();
+        if crc != file.crc32 {
+            return Err(torn(format!(
+                "CRC-32 {crc:08x}, the metadata records {:08x}",
+                file.crc32
+            )));
+        }
+        Ok(n)
+    }
+
     /// Checks that every file of a snapshot exists with the recorded size (one HEAD each;
     /// [`read_file`](Self::read_file) also checks the CRC when the file is read).
     pub async fn verify(&self, dir: &BlobPath, metadata: &SnapshotMetadata) -> Result<()> {
@@ -632,6 +704,42 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn downloads_stream_to_files_and_refuse_a_torn_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = crate::fs::FsStore::open(tmp.path().join("store"))
+            .await
+            .expect("store");
+        let root = BlobPath::new("org/app").expect("path");
+        let st = CheckpointStore::new(Arc::new(store), root.clone(), 1).expect("storage");
+        let dir = root.join("gen-0000000001/chk-000000000001").expect("path");
+        let mut files = Vec::new();
+        for i in 0..6u8 {
+            let data = Bytes::from(vec![i; 100_000 + usize::from(i)]);
+            let f = st
+                .write_file(&dir, &format!("f{i}"), data)
+                .await
+                .expect("write");
+            files.push((dir.clone(), f, tmp.path().join(format!("local-{i}"))));
+        }
+        let n = st.download_files(&files, 4).await.expect("download");
+        assert_eq!(n, (0..6).map(|i| 100_000 + i).sum::<u64>());
+        for (i, (_, _, to)) in files.iter().enumerate() {
+            assert_eq!(std::fs::read(to).expect("read"), vec![i as u8; 100_000 + i]);
+        }
+        // A file whose content no longer matches its reference (same size, other bytes).
+        st.write_file(&dir, "f3", Bytes::from(vec![9u8; 100_003]))
+            .await
+            .expect("overwrite");
+        match st.download_files(&files, 4).await {
+            Err(CheckpointError::TornFile { key, reason }) => {
+                assert!(key.ends_with("chk-000000000001/f3"), "{key}");
+                assert!(reason.contains("CRC-32"), "{reason}");
+            }
+            other => panic!("a torn file was accepted: {other:?}"),
+        }
+    }
 
     #[test]
     fn the_job_root_of_a_checkpoint_directory() {

@@ -42,6 +42,9 @@ use crate::operator::Operator;
 /// this build reads 1 and 2).
 pub const ENGINE_STATE_FORMAT: u32 = 2;
 
+/// Concurrent downloads of one operator's native snapshot files at restore.
+const NATIVE_DOWNLOADS: usize = 4;
+
 /// Converts a native snapshot downloaded to a directory into the canonical
 /// format (`sluice_state_rocksdb::native_to_canonical`).
 pub type NativeConverter =
@@ -484,6 +487,7 @@ impl RestoreSnapshot {
         let meta = self.read_file(&self.dir, &state.file, rt)?.into_inner();
         std::fs::write(dir.path().join(NATIVE_META_FILE), &meta)
             .ctx(|| format!("writing the native state of {}", state.uid))?;
+        let mut files = Vec::with_capacity(n.files.len());
         for f in &n.files {
             if f.name.contains('/') || f.name == NATIVE_META_FILE || f.name.starts_with('.') {
                 return Err(RuntimeError::Task(format!(
@@ -492,10 +496,17 @@ impl RestoreSnapshot {
                 )));
             }
             let base = if f.shared { &root } else { &self.dir };
-            let data = self.read_file(base, &f.file, rt)?.into_inner();
-            std::fs::write(dir.path().join(&f.name), &data)
-                .ctx(|| format!("writing {} of the native state of {}", f.name, state.uid))?;
+            files.push((base.clone(), f.file.clone(), dir.path().join(&f.name)));
         }
+        // Several at once: recovery time is mostly this download when the state is large,
+        // and one object store request at a time leaves the network (or disk) idle.
+        rt.block_on(self.store.download_files(&files, NATIVE_DOWNLOADS))
+            .map_err(|e| {
+                RuntimeError::Task(format!(
+                    "downloading the native state of {}: {e}",
+                    state.uid
+                ))
+            })?;
         Ok(dir)
     }
 
