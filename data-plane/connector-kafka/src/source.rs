@@ -1,8 +1,11 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -16,6 +19,47 @@ use crate::{client_config, err};
 const T: Duration = Duration::from_secs(15);
 const MAX_POLL: usize = 8192;
 
+/// Keeps the high watermark of each partition of the topic from librdkafka's
+/// statistics; the source turns them into its pending records (Flink's
+/// `pendingRecords`): high watermark minus its own position, summed.
+struct LagContext {
+    topic: String,
+    high: Mutex<HashMap<i32, i64>>,
+}
+
+impl ClientContext for LagContext {
+    // Only the few fields needed, read from the raw JSON: the full
+    // `Statistics` type fails to decode when a broker leaves fields out.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(parts) = v
+            .get("topics")
+            .and_then(|t| t.get(&self.topic))
+            .and_then(|t| t.get("partitions"))
+            .and_then(|p| p.as_object())
+        else {
+            return;
+        };
+        let mut high = self.high.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, p) in parts {
+            // Partition -1 is librdkafka's internal "unassigned" one; a negative
+            // offset is not known yet.
+            if let (Ok(id), Some(h)) = (
+                id.parse::<i32>(),
+                p.get("hi_offset").and_then(|h| h.as_i64()),
+            ) && id >= 0
+                && h >= 0
+            {
+                high.insert(id, h);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 struct Part {
     id: i32,
     /// Next offset to read (the position kept in checkpoints).
@@ -28,11 +72,12 @@ struct Part {
 pub struct KafkaSource {
     table: TableDef,
     topic: String,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LagContext>,
     parts: Vec<Part>,
     decoder: JsonDecoder,
     decoded: Vec<RecordBatch>,
     bounded: bool,
+    pending: Arc<AtomicI64>,
 }
 
 /// Union of the restored positions of all old subtasks: partition → next
@@ -86,8 +131,15 @@ impl KafkaSource {
         }
         cfg.set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = cfg
-            .create()
+        if t.option("properties.statistics.interval.ms").is_none() {
+            cfg.set("statistics.interval.ms", "1000");
+        }
+        let ctx_lag = LagContext {
+            topic: topic.clone(),
+            high: Mutex::default(),
+        };
+        let consumer: BaseConsumer<LagContext> = cfg
+            .create_with_context(ctx_lag)
             .map_err(|e| err(t, format!("creating the consumer: {e}")))?;
         let md = consumer
             .fetch_metadata(Some(&topic), T)
@@ -215,7 +267,28 @@ impl KafkaSource {
             )?,
             decoded: Vec::new(),
             bounded,
+            pending: ctx.pending_records.clone(),
         })
+    }
+
+    fn publish_pending(&self) {
+        let high = self
+            .consumer
+            .context()
+            .high
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut sum = 0;
+        let mut known = false;
+        for p in &self.parts {
+            if let Some(h) = high.get(&p.id) {
+                sum += (h - p.next).max(0);
+                known = true;
+            }
+        }
+        if known {
+            self.pending.store(sum, Ordering::Relaxed);
+        }
     }
 
     /// A bounded partition ends when the consumer reaches the end of the log
@@ -282,6 +355,7 @@ impl SourceReader for KafkaSource {
                 out.finished_splits.push(i);
             }
         }
+        self.publish_pending();
         Ok(if got == 0 {
             PollStatus::Idle
         } else {

@@ -91,6 +91,66 @@ fn assert_exactly(mut ids: Vec<i64>, want: std::ops::RangeInclusive<i64>) {
     assert_eq!(ids, want.collect::<Vec<_>>());
 }
 
+/// The source publishes its consumer lag (Flink's `pendingRecords`), which the
+/// JobManager exports as `sluice_source_pending_records`.
+#[test]
+fn source_reports_its_consumer_lag_as_pending_records() {
+    let bootstrap = kafka().bootstrap_servers.clone();
+    let topic = unique_name("lag-");
+    create_topic(&bootstrap, &topic, 2);
+    produce(&bootstrap, &topic, 2, 1..=20_000);
+    let t = plan_table(
+        &format!(
+            "CREATE TABLE src (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{topic}',
+               'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+               'scan.startup.mode' = 'earliest-offset');
+             CREATE TABLE snk (id BIGINT) WITH ('connector' = 'blackhole');
+             INSERT INTO snk SELECT id FROM src;"
+        ),
+        "src",
+    );
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let ctx = SourceContext {
+        table: t.clone(),
+        schema: physical_schema(&t),
+        subtask: 0,
+        parallelism: 1,
+        restore: Vec::new(),
+        pending_records: pending.clone(),
+    };
+    let mut r = connectors()
+        .get(&t)
+        .and_then(|f| f.create_source(&ctx))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lag = || pending.load(std::sync::atomic::Ordering::Relaxed);
+    let mut read = 0;
+    let mut poll = |r: &mut Box<dyn SourceReader>| {
+        let mut o = SourceOutput::default();
+        r.poll(&mut o).unwrap_or_else(|e| panic!("{e}"));
+        read += o.batches.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
+        read
+    };
+    // One poll takes at most one batch: the rest is pending when the next statistics come.
+    let first = poll(&mut r);
+    assert!(first < 20_000, "one poll read everything ({first})");
+    std::thread::sleep(Duration::from_millis(1300));
+    poll(&mut r);
+    let seen = lag();
+    assert!(
+        seen > 0 && seen <= 20_000 - first as i64,
+        "pending records {seen} after reading {first} of 20000"
+    );
+    // Read to the end: the lag drops to zero.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while poll(&mut r) < 20_000 || lag() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending records still {} after reading {read} of 20000",
+            lag()
+        );
+    }
+}
+
 #[test]
 fn source_restores_partition_offsets_at_another_parallelism() {
     let bootstrap = kafka().bootstrap_servers.clone();
@@ -113,6 +173,7 @@ fn source_restores_partition_offsets_at_another_parallelism() {
         subtask,
         parallelism,
         restore: restore.to_vec(),
+        pending_records: Default::default(),
     };
     let c = connectors();
     // Parallelism 2 (partitions {0, 2} and {1, 3}) reads what is there; a

@@ -473,6 +473,7 @@ mod tests {
             subtask: 0,
             parallelism: 1,
             restore,
+            pending_records: Default::default(),
         };
         create_source(&ctx).unwrap_or_else(|e| panic!("{e}"))
     }

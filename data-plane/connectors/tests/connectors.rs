@@ -29,6 +29,7 @@ fn drain(
         subtask,
         parallelism,
         restore: Vec::new(),
+        pending_records: Default::default(),
     };
     let mut r = c
         .get(t)
@@ -160,6 +161,7 @@ fn source(
         subtask,
         parallelism,
         restore: restore.to_vec(),
+        pending_records: Default::default(),
     };
     c.get(t)
         .and_then(|f| f.create_source(&ctx))

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -41,6 +42,10 @@ pub struct SourceContext {
     /// start); a reader keeps what belongs to its splits, so a restore may
     /// change the parallelism.
     pub restore: Vec<Vec<u8>>,
+    /// Records the reader knows are waiting for it at the source (Kafka: the
+    /// consumer lag summed over its partitions; Flink's `pendingRecords`), or
+    /// -1 when it does not know. Exported as `sluice_source_pending_records`.
+    pub pending_records: Arc<AtomicI64>,
 }
 
 /// What one `poll` produced: batches tagged with the split (partition, file)

@@ -292,9 +292,7 @@ impl Subtask {
                     // attempt's first completed checkpoint, not now: by then every sink
                     // subtask of the attempt has started and fenced what the crashed
                     // one left half-done, so what the external system reports as
-                    // committed is settled. (A Kafka broker may report a transaction's
-                    // offsets late while another producer's transaction on the same
-                    // partitions is still open: tansu does.)
+                    // committed is settled.
                     writer.recover(&r.sink_origins(&sink.uid, st, p))?;
                     restored_pending = r.sink_commits(&sink.uid, st, p);
                 }
@@ -333,6 +331,15 @@ impl Subtask {
                     subtask: st,
                     parallelism: p,
                     restore: positions,
+                    pending_records: s.metrics.gauge(
+                        "sluice_source_pending_records",
+                        &[
+                            ("pipeline", pid.as_str()),
+                            ("source", src_name.as_str()),
+                            ("subtask", &st.to_string()),
+                        ],
+                        -1,
+                    ),
                 };
                 let reader = s.connectors.get(&spec.table)?.create_source(&ctx)?;
                 let idle = spec
