@@ -496,6 +496,18 @@ async fn shared_files_live_while_a_kept_checkpoint_lists_them(
         Err(CheckpointError::Fenced { .. })
     ));
     ensure!(shared_names(&store).await?.len() == 3);
+    // The aborted checkpoint's upload is the only orphan; deleting it twice is fine.
+    let orphans = g2.orphaned_shared_files().await?;
+    let names: Vec<&str> = orphans.iter().map(|k| k.file_name()).collect();
+    ensure!(names == ["x.sst"], "orphans {names:?}");
+    g2.delete_all(&orphans).await?;
+    g2.delete_all(&orphans).await?;
+    ensure!(
+        shared_names(&store).await? == ["d.sst", "e.sst"],
+        "{:?}",
+        shared_names(&store).await?
+    );
+    ensure!(g2.orphaned_shared_files().await?.is_empty());
     // A shared file outside shared/ is refused at commit (retention deletes by these paths).
     let mut bad = metadata(2, 7, Vec::new());
     bad.shared_files = vec![FileRef {

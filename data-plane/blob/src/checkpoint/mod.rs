@@ -597,6 +597,60 @@ impl CheckpointStore {
         Ok(report)
     }
 
+    /// Shared files that no completed checkpoint (of any generation) lists: uploaded for a
+    /// checkpoint that was then aborted, or by an attempt that died before the checkpoint
+    /// that would have listed them completed. Retention never deletes them, since a running
+    /// attempt may list such a file in its next checkpoint; so this is only asked while no
+    /// attempt runs (the JobManager does, before it deploys one). Once orphaned, a file
+    /// stays so: a new attempt only reuses files of the checkpoint it restores, so the
+    /// answer may be deleted later, concurrently with the new attempt.
+    pub async fn orphaned_shared_files(&self) -> Result<Vec<BlobPath>> {
+        let objects = self.store.list_all(Some(&self.root)).await?;
+        let mut listed = std::collections::HashSet::new();
+        for o in &objects {
+            let Some(rel) = o.key.relative_to(&self.root) else {
+                continue;
+            };
+            let mut parts = rel.splitn(3, '/');
+            let (Some(g), Some(c), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if rest != METADATA_FILE
+                || parse_generation(g).is_none()
+                || parse_checkpoint(c).is_none()
+            {
+                continue;
+            }
+            match self.load(&o.key).await {
+                Ok(m) => listed.extend(m.shared_files.into_iter().map(|f| f.path)),
+                // Deleted concurrently by retention: a newer checkpoint lists what it kept.
+                Err(CheckpointError::Blob(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(objects
+            .into_iter()
+            .filter(|o| {
+                o.key
+                    .relative_to(&self.root)
+                    .is_some_and(|rel| is_shared_path(rel) && !listed.contains(rel))
+            })
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// Deletes objects (orphaned shared files); one already gone is not an error.
+    pub async fn delete_all(&self, keys: &[BlobPath]) -> Result<()> {
+        for k in keys {
+            match self.store.delete(k).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a savepoint's files (see [`dispose`]).
     pub async fn dispose_savepoint(&self, savepoint_id: &str) -> Result<DeleteReport> {
         Ok(dispose(self.store.as_ref(), &self.savepoint_dir(savepoint_id)?).await?)

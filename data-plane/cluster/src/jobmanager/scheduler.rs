@@ -520,6 +520,28 @@ async fn export_savepoint(jm: &Arc<Jm>, path: &str, t: &PendingTrigger) -> Resul
     Ok(dest_uri)
 }
 
+/// Finds the shared checkpoint files no completed checkpoint lists (left by aborted
+/// checkpoints and dead attempts) while no attempt runs, and deletes them in the
+/// background. Failing to is logged, never fatal: they only cost storage.
+async fn collect_orphans(jm: &Arc<Jm>) {
+    let store = jm.checkpoints.clone();
+    match store.orphaned_shared_files().await {
+        Ok(orphans) if orphans.is_empty() => {}
+        Ok(orphans) => {
+            tokio::spawn(async move {
+                match store.delete_all(&orphans).await {
+                    Ok(()) => tracing::info!(
+                        "deleted {} shared checkpoint file(s) no completed checkpoint lists",
+                        orphans.len()
+                    ),
+                    Err(e) => tracing::warn!("deleting orphaned shared checkpoint files: {e}"),
+                }
+            });
+        }
+        Err(e) => tracing::warn!("looking for orphaned shared checkpoint files: {e}"),
+    }
+}
+
 async fn deploy(jm: &Arc<Jm>, ctl: &mut Control) -> Result<()> {
     let (restore_ref, parallelism) = {
         let st = jm.lock();
@@ -552,6 +574,7 @@ async fn deploy(jm: &Arc<Jm>, ctl: &mut Control) -> Result<()> {
             Some(snap)
         }
     };
+    collect_orphans(jm).await;
     let mut st = jm.lock();
     // Spread subtasks over TaskManagers: one free slot of each in turn.
     let mut free: Vec<(String, usize)> = st

@@ -80,6 +80,11 @@ async fn incremental_rocksdb_checkpoints_survive_a_taskmanager_kill_and_a_new_ge
     let b = start_tm(&jm1.rpc, "b", 1, dir.path(), None);
     jm1.wait_state(&id, "RUNNING").await;
     jm1.wait_checkpoints(&id, 2).await;
+    // An upload no completed checkpoint lists (as an aborted checkpoint leaves): the
+    // JobManager deletes it when it deploys the next attempt.
+    let orphan = root.join("shared/op-x/0-of-1/g1-0rphan-000007.sst");
+    std::fs::create_dir_all(orphan.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&orphan, b"not listed").expect("orphan");
     send_signal(b, libc_sigkill());
     wait_for("a restart", T, || async {
         (jm1.metric(&id, "numRestarts").await >= 1).then_some(())
@@ -88,6 +93,11 @@ async fn incremental_rocksdb_checkpoints_survive_a_taskmanager_kill_and_a_new_ge
     .expect("restart after the kill");
     start_tm(&jm1.rpc, "c", 1, dir.path(), None);
     jm1.wait_state(&id, "RUNNING").await;
+    wait_for("the orphan's deletion", T, || async {
+        (!orphan.exists()).then_some(())
+    })
+    .await
+    .expect("the orphaned shared file is still there after the restart");
     let done = jm1.metric(&id, "numberOfCompletedCheckpoints").await;
     jm1.wait_checkpoints(&id, done + 2).await;
     assert!(
