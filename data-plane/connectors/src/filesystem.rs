@@ -2,7 +2,10 @@
 //!
 //! Source: `path` is a file or a directory (files starting with `.` or `_`
 //! are skipped); files are spread over subtasks round-robin in name order and
-//! read one after another, each file a split for watermarks. The position
+//! read one after another, each file a split for watermarks, by a reader
+//! thread that runs ahead of the operator chain and shares the JSON decoding
+//! with it (see `Reader`); a bad line fails the job naming its file and line
+//! number, unless `json.ignore-parse-errors` skips it. The position
 //! maps each file of the subtask to the byte offset after the last line
 //! emitted, or `"done"`: `{"filesystem":{"/dir/a.json":1234,"/dir/b.json":"done"}}`.
 //! A restore takes the union of all old positions, so files may move between
@@ -24,6 +27,11 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use sluice_runtime::connector::{
@@ -33,7 +41,7 @@ use sluice_runtime::{Result, RuntimeError};
 
 use crate::json::{JsonDecoder, encode_rows};
 
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 1 << 20;
 const BATCH_ROWS: usize = 8192;
 
 fn local_path(p: &str) -> PathBuf {
@@ -56,16 +64,204 @@ pub struct FileSource {
     /// restore skips them).
     done: Vec<String>,
     current: usize,
-    file: Option<File>,
-    /// Offset in the current file of the end of what was read; `buf[..tail]`
-    /// is the unemitted tail of it (a line cut by the last read).
-    read_to: u64,
-    /// The tail stays at the front of `buf` and the next read lands right
-    /// after it, so whole lines are decoded in place, never copied.
-    tail: usize,
-    buf: Vec<u8>,
+    /// Offset in the current file after the last line emitted, once one was.
+    emitted: Option<u64>,
+    /// Chunks from the reader thread, in file order.
+    chunks: Option<Receiver<Result<Chunk>>>,
+    /// Raw chunks' buffers, back to the reader for its next reads.
+    recycle: Sender<Vec<u8>>,
+    /// Chunks sent and not yet taken (see [`Reader::body`]).
+    queued: Arc<AtomicUsize>,
+    /// Decodes the chunks the reader ships raw.
     decoder: JsonDecoder,
     decoded: Vec<RecordBatch>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// Whole lines of one file, up to byte `end`; `last` ends the file.
+struct Chunk {
+    file: usize,
+    end: u64,
+    last: bool,
+    body: Body,
+}
+
+enum Body {
+    Decoded(Vec<RecordBatch>),
+    /// `buf[..len]`, at byte `start` of the file, for the source's thread to decode.
+    Raw {
+        buf: Vec<u8>,
+        len: usize,
+        start: u64,
+    },
+}
+
+/// Reads the subtask's files on its own thread, a pipeline stage ahead of the operator chain.
+/// Decoding is most of the work of a filter/project job over JSON, so the reader ships a
+/// chunk undecoded whenever the source's thread has nothing queued (it would otherwise wait),
+/// and decodes it itself while the source's thread is busy. A slow chain thus gets decoded
+/// batches, a fast one shares the decoding, and either way two cores work for one subtask.
+struct Reader {
+    table: String,
+    files: Vec<(PathBuf, u64)>,
+    decoder: JsonDecoder,
+    chunks: SyncSender<Result<Chunk>>,
+    recycle: Receiver<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Chunks in flight between the reader and the source: enough to keep both busy, few enough
+/// that memory stays at a few chunks.
+const QUEUE: usize = 2;
+
+/// How long a poll waits for the reader before reporting `Idle`.
+const POLL_WAIT: Duration = Duration::from_millis(200);
+
+impl Reader {
+    fn run(mut self) {
+        for (idx, (path, start)) in std::mem::take(&mut self.files).into_iter().enumerate() {
+            match self.read_file(idx, &path, start) {
+                Ok(true) => {}
+                // The source is gone (cancelled or dropped): nobody to read for.
+                Ok(false) => return,
+                Err(e) => {
+                    // If the source is gone too, nobody is left to tell.
+                    let _ = self.chunks.send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .or_else(|| self.recycle.try_recv().ok())
+            .unwrap_or_default()
+    }
+
+    /// Sends whole lines; `Ok(false)` once the source is gone.
+    fn read_file(&mut self, idx: usize, path: &Path, start: u64) -> Result<bool> {
+        let mut f = File::open(path)
+            .map_err(|e| err(&self.table, format!("opening {}: {e}", path.display())))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| {
+            err(
+                &self.table,
+                format!("seeking {} to {start}: {e}", path.display()),
+            )
+        })?;
+        let mut buf = self.buffer();
+        // `buf[..tail]` is a line cut by the last read, at file offset `read_to - tail`;
+        // the next read lands right after it, so lines are never copied but that one.
+        let mut tail = 0;
+        let mut read_to = start;
+        loop {
+            // A line longer than CHUNK grows the buffer; it never shrinks back.
+            if buf.len() < tail + CHUNK {
+                buf.resize(tail + CHUNK, 0);
+            }
+            let n = f
+                .read(&mut buf[tail..tail + CHUNK])
+                .map_err(|e| err(&self.table, format!("reading {}: {e}", path.display())))?;
+            read_to += n as u64;
+            if n == 0 {
+                // End of file: what is left is a last line without newline (or blanks).
+                let body = if buf[..tail].iter().all(|b| b.is_ascii_whitespace()) {
+                    Body::Decoded(Vec::new())
+                } else {
+                    self.body(buf, tail, read_to - tail as u64, path)?
+                };
+                return Ok(self.send(idx, read_to, true, body));
+            }
+            let end = tail + n;
+            // The tail has no newline: only the new bytes can hold the last one.
+            let Some(p) = buf[tail..end].iter().rposition(|b| *b == b'\n') else {
+                tail = end;
+                continue;
+            };
+            let cut = tail + p + 1;
+            let mut next = self.buffer();
+            if next.len() < end - cut + CHUNK {
+                next.resize(end - cut + CHUNK, 0);
+            }
+            next[..end - cut].copy_from_slice(&buf[cut..end]);
+            let body = self.body(buf, cut, read_to - end as u64, path)?;
+            if !self.send(idx, read_to - (end - cut) as u64, false, body) {
+                return Ok(false);
+            }
+            buf = next;
+            tail = end - cut;
+        }
+    }
+
+    /// `buf[..len]` (file offset `start`), decoded here if the source's thread has chunks
+    /// queued, else raw.
+    fn body(&mut self, buf: Vec<u8>, len: usize, start: u64, path: &Path) -> Result<Body> {
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            return Ok(Body::Raw { buf, len, start });
+        }
+        let mut batches = Vec::new();
+        decode_chunk(
+            &mut self.decoder,
+            &buf[..len],
+            path,
+            start,
+            &self.table,
+            &mut batches,
+        )?;
+        self.spare.push(buf);
+        Ok(Body::Decoded(batches))
+    }
+
+    fn send(&mut self, file: usize, end: u64, last: bool, body: Body) -> bool {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.chunks
+            .send(Ok(Chunk {
+                file,
+                end,
+                last,
+                body,
+            }))
+            .is_ok()
+    }
+}
+
+/// Decodes whole lines at byte `start` of `path`; a decoding error names the file and line.
+fn decode_chunk(
+    decoder: &mut JsonDecoder,
+    buf: &[u8],
+    path: &Path,
+    start: u64,
+    table: &str,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
+    decoder.decode_lines(buf, out).map_err(|e| {
+        let Some((line, at, message)) = decoder.first_bad_line(buf) else {
+            return e;
+        };
+        let line = lines_before(path, start + at as u64)
+            .map(|before| format!("line {}", before + 1))
+            .unwrap_or_else(|io| format!("line {} after byte {start} ({io})", line + 1));
+        err(
+            table,
+            format!("bad JSON in {} at {line}: {message}", path.display()),
+        )
+    })
+}
+
+/// Newlines in the first `upto` bytes of `path` (only read to report an error).
+fn lines_before(path: &Path, upto: u64) -> std::io::Result<u64> {
+    let mut f = File::open(path)?.take(upto);
+    let mut buf = vec![0; 1 << 16];
+    let mut lines = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
 }
 
 fn position_key(p: &Path) -> String {
@@ -147,22 +343,35 @@ pub fn create_source(ctx: &SourceContext) -> Result<Box<dyn SourceReader>> {
         .option("json.ignore-parse-errors")
         .map(|v| v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
+    let what = format!("table '{}'", t.name);
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let (recycle_tx, recycle_rx) = mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let reader = Reader {
+        table: t.name.clone(),
+        files: files.clone(),
+        decoder: JsonDecoder::new(ctx.schema.clone(), BATCH_ROWS, ignore, &what)?,
+        chunks: tx,
+        recycle: recycle_rx,
+        spare: Vec::new(),
+        queued: queued.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("sluice-fs-{}", ctx.subtask))
+        .spawn(move || reader.run())
+        .map_err(|e| err(&t.name, format!("starting the reader thread: {e}")))?;
     Ok(Box::new(FileSource {
         table: t.name.clone(),
         files,
         done,
         current: 0,
-        file: None,
-        read_to: 0,
-        tail: 0,
-        buf: vec![0; CHUNK],
-        decoder: JsonDecoder::new(
-            ctx.schema.clone(),
-            BATCH_ROWS,
-            ignore,
-            &format!("table '{}'", t.name),
-        )?,
+        emitted: None,
+        chunks: Some(rx),
+        recycle: recycle_tx,
+        queued,
+        decoder: JsonDecoder::new(ctx.schema.clone(), BATCH_ROWS, ignore, &what)?,
         decoded: Vec::new(),
+        reader: Some(handle),
     }))
 }
 
@@ -175,66 +384,61 @@ impl SourceReader for FileSource {
         if self.current >= self.files.len() {
             return Ok(PollStatus::Finished);
         }
-        let (path, start) = self.files[self.current].clone();
-        if self.file.is_none() {
-            let mut f = File::open(&path)
-                .map_err(|e| err(&self.table, format!("opening {}: {e}", path.display())))?;
-            f.seek(SeekFrom::Start(start)).map_err(|e| {
-                err(
+        let Some(chunks) = self.chunks.as_ref() else {
+            return Ok(PollStatus::Finished);
+        };
+        let chunk = match chunks.recv_timeout(POLL_WAIT) {
+            Ok(chunk) => chunk?,
+            Err(RecvTimeoutError::Timeout) => return Ok(PollStatus::Idle),
+            Err(RecvTimeoutError::Disconnected) => {
+                // The reader sends every file's last chunk or an error before it ends: this
+                // is a panic, reported by the join.
+                let panic = self
+                    .reader
+                    .take()
+                    .map(|h| h.join().is_err())
+                    .unwrap_or(false);
+                return Err(err(
                     &self.table,
-                    format!("seeking {} to {start}: {e}", path.display()),
-                )
-            })?;
-            self.file = Some(f);
-            self.read_to = start;
-        }
-        // A line longer than CHUNK grows the buffer; it never shrinks back.
-        if self.buf.len() < self.tail + CHUNK {
-            self.buf.resize(self.tail + CHUNK, 0);
-        }
-        let n = match self.file.as_mut() {
-            Some(f) => f
-                .read(&mut self.buf[self.tail..self.tail + CHUNK])
-                .map_err(|e| err(&self.table, format!("reading {}: {e}", path.display())))?,
-            None => 0,
-        };
-        self.read_to += n as u64;
-        let split = self.current;
-        if n == 0 {
-            // End of file: decode what is left (a last line without newline), move on.
-            let rest = &self.buf[..self.tail];
-            if !rest.iter().all(|b| b.is_ascii_whitespace()) {
-                self.decoder.decode_lines(rest, &mut self.decoded)?;
+                    format!(
+                        "the reader thread ended before the end of {} (panicked: {panic})",
+                        self.files[self.current].0.display()
+                    ),
+                ));
             }
-            self.tail = 0;
-            out.batches
-                .extend(self.decoded.drain(..).map(|b| (split, b)));
-            out.finished_splits.push(split);
-            self.done.push(position_key(&path));
-            self.file = None;
+        };
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match chunk.body {
+            Body::Decoded(batches) => out
+                .batches
+                .extend(batches.into_iter().map(|b| (chunk.file, b))),
+            Body::Raw { buf, len, start } => {
+                decode_chunk(
+                    &mut self.decoder,
+                    &buf[..len],
+                    &self.files[chunk.file].0,
+                    start,
+                    &self.table,
+                    &mut self.decoded,
+                )?;
+                // The reader may have finished: then the buffer is simply freed.
+                let _ = self.recycle.send(buf);
+                out.batches
+                    .extend(self.decoded.drain(..).map(|b| (chunk.file, b)));
+            }
+        }
+        self.emitted = Some(chunk.end);
+        if chunk.last {
+            out.finished_splits.push(chunk.file);
+            self.done.push(position_key(&self.files[chunk.file].0));
+            self.emitted = None;
             self.current += 1;
-            return Ok(if self.current >= self.files.len() {
-                PollStatus::Finished
-            } else {
-                PollStatus::Active
-            });
         }
-        let end = self.tail + n;
-        // The tail has no newline: only the new bytes can hold the last one.
-        let cut = match self.buf[self.tail..end].iter().rposition(|b| *b == b'\n') {
-            Some(p) => self.tail + p + 1,
-            None => {
-                self.tail = end;
-                return Ok(PollStatus::Active);
-            }
-        };
-        self.decoder
-            .decode_lines(&self.buf[..cut], &mut self.decoded)?;
-        self.buf.copy_within(cut..end, 0);
-        self.tail = end - cut;
-        out.batches
-            .extend(self.decoded.drain(..).map(|b| (split, b)));
-        Ok(PollStatus::Active)
+        Ok(if self.current >= self.files.len() {
+            PollStatus::Finished
+        } else {
+            PollStatus::Active
+        })
     }
 
     fn position(&self) -> Vec<u8> {
@@ -243,16 +447,27 @@ impl SourceReader for FileSource {
             m.insert(d.clone(), "done".into());
         }
         for (i, (p, start)) in self.files.iter().enumerate().skip(self.current) {
-            let off = if i == self.current && self.file.is_some() {
-                self.read_to - self.tail as u64
-            } else {
-                *start
+            let off = match self.emitted {
+                Some(off) if i == self.current => off,
+                _ => *start,
             };
             m.insert(position_key(p), off.into());
         }
         serde_json::json!({ "filesystem": m })
             .to_string()
             .into_bytes()
+    }
+}
+
+impl Drop for FileSource {
+    fn drop(&mut self) {
+        // Closing the queue stops the reader at its next send; wait for it so that no
+        // thread outlives the source.
+        self.chunks = None;
+        if let Some(h) = self.reader.take() {
+            // A panic there was already reported by the panic hook; nothing is left to do.
+            let _ = h.join();
+        }
     }
 }
 
@@ -460,8 +675,12 @@ mod tests {
     use sluice_runtime::connector::physical_schema;
 
     fn source(dir: &Path, restore: Vec<Vec<u8>>) -> Box<dyn SourceReader> {
+        source_with(dir, "", restore)
+    }
+
+    fn source_with(dir: &Path, options: &str, restore: Vec<Vec<u8>>) -> Box<dyn SourceReader> {
         let sql = format!(
-            "CREATE TABLE src (id BIGINT, s STRING) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');\n\
+            "CREATE TABLE src (id BIGINT, s STRING) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json'{options});\n\
              CREATE TABLE snk (id BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO snk SELECT id FROM src;",
             dir.display()
         );
@@ -527,5 +746,85 @@ mod tests {
         let mut r = source(dir.path(), vec![pos]);
         let (rest, _) = read(r.as_mut(), usize::MAX);
         assert_eq!([first, rest].concat(), expected);
+    }
+
+    /// Lines of `{"id":n,"s":"…"}` over several reads; `bad` lines (1-based) are replaced.
+    fn write_lines(path: &Path, lines: usize, bad: &[(usize, &str)]) -> Vec<(i64, usize)> {
+        let mut text = String::new();
+        let mut good = Vec::new();
+        for n in 1..=lines {
+            match bad.iter().find(|(at, _)| *at == n) {
+                Some((_, line)) => text.push_str(line),
+                None => {
+                    text.push_str(&format!("{{\"id\":{n},\"s\":\"{}\"}}", "x".repeat(n % 50)));
+                    good.push((n as i64, n % 50));
+                }
+            }
+            text.push('\n');
+        }
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        good
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // Lines of ~35 bytes: line 150000 is past the first few reads, whichever thread decodes.
+        for bad_at in [1, 150_000] {
+            write_lines(&dir.path().join("a.json"), 200_000, &[(bad_at, "{\"id\":")]);
+            let mut r = source(dir.path(), Vec::new());
+            let e = loop {
+                let mut o = SourceOutput::default();
+                match r.poll(&mut o) {
+                    Ok(PollStatus::Finished) => panic!("no error for line {bad_at}"),
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert!(
+                e.contains("a.json") && e.contains(&format!("at line {bad_at}:")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ignored_parse_errors_skip_only_the_bad_lines() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let expected = write_lines(
+            &dir.path().join("a.json"),
+            200_000,
+            &[
+                (2, "not json"),
+                (70_000, "{\"id\":"),
+                (70_001, "{\"id\":\"x\"}"),
+                (199_999, "]"),
+            ],
+        );
+        let mut r = source_with(
+            dir.path(),
+            ", 'json.ignore-parse-errors' = 'true'",
+            Vec::new(),
+        );
+        let (rows, _) = read(r.as_mut(), usize::MAX);
+        let first_difference = rows.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(
+            (rows.len(), first_difference),
+            (expected.len(), None),
+            "rows {:?}, expected {:?}",
+            first_difference.map(|i| &rows[i..rows.len().min(i + 3)]),
+            first_difference.map(|i| &expected[i..expected.len().min(i + 3)]),
+        );
+    }
+
+    #[test]
+    fn dropping_a_source_mid_file_stops_its_reader() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write_lines(&dir.path().join("a.json"), 400_000, &[]);
+        let mut r = source(dir.path(), Vec::new());
+        let (rows, _) = read(r.as_mut(), 1);
+        assert!(!rows.is_empty() && rows.len() < 400_000);
+        // Joins the reader, which is blocked on a full queue: this returns, it does not hang.
+        drop(r);
     }
 }
