@@ -302,10 +302,17 @@ impl KafkaSource {
 
 impl SourceReader for KafkaSource {
     fn splits(&self) -> usize {
-        self.parts.len().max(1)
+        self.parts.len()
     }
 
     fn poll(&mut self, out: &mut SourceOutput) -> Result<PollStatus> {
+        if self.parts.is_empty() && !self.bounded {
+            // More subtasks than partitions: this one has nothing to read, but it
+            // stays (as Flink's idle source readers do), so checkpoints go on; with
+            // no splits its watermark holds nothing back.
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(PollStatus::Idle);
+        }
         if self.parts.is_empty() || (self.bounded && self.parts.iter().all(|p| self.done(p))) {
             for i in 0..self.parts.len() {
                 out.finished_splits.push(i);

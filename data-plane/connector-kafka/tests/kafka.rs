@@ -91,6 +91,52 @@ fn assert_exactly(mut ids: Vec<i64>, want: std::ops::RangeInclusive<i64>) {
     assert_eq!(ids, want.collect::<Vec<_>>());
 }
 
+/// With more subtasks than partitions, a subtask without partitions stays (idle,
+/// no splits) when the source is unbounded, so checkpoints go on; bounded, it ends.
+#[test]
+fn a_subtask_without_partitions_stays_idle_unless_bounded() {
+    let bootstrap = kafka().bootstrap_servers.clone();
+    let topic = unique_name("few-");
+    create_topic(&bootstrap, &topic, 2);
+    for (bounded, want) in [
+        ("unbounded", PollStatus::Idle),
+        ("latest-offset", PollStatus::Finished),
+    ] {
+        let t = plan_table(
+            &format!(
+                "CREATE TABLE src (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{topic}',
+                   'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                   'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = '{bounded}');
+                 CREATE TABLE snk (id BIGINT) WITH ('connector' = 'blackhole');
+                 INSERT INTO snk SELECT id FROM src;"
+            ),
+            "src",
+        );
+        let ctx = SourceContext {
+            table: t.clone(),
+            schema: physical_schema(&t),
+            subtask: 2,
+            parallelism: 3,
+            restore: Vec::new(),
+            pending_records: Default::default(),
+        };
+        let mut r = connectors()
+            .get(&t)
+            .and_then(|f| f.create_source(&ctx))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.splits(), 0);
+        for _ in 0..3 {
+            let mut o = SourceOutput::default();
+            assert_eq!(
+                r.poll(&mut o).unwrap_or_else(|e| panic!("{e}")),
+                want,
+                "{bounded}"
+            );
+            assert!(o.batches.is_empty());
+        }
+    }
+}
+
 /// The source publishes its consumer lag (Flink's `pendingRecords`), which the
 /// JobManager exports as `sluice_source_pending_records`.
 #[test]

@@ -67,7 +67,8 @@ pub enum PollStatus {
 }
 
 pub trait SourceReader: Send {
-    /// Number of splits this reader owns; batches name them by index.
+    /// Number of splits this reader owns; batches name them by index. Zero: the
+    /// reader has nothing to read (its watermark then holds nobody back).
     fn splits(&self) -> usize;
     fn poll(&mut self, out: &mut SourceOutput) -> Result<PollStatus>;
     /// Position to resume from, for checkpoints. Self-describing (split →

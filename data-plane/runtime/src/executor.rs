@@ -22,6 +22,7 @@ use crate::ops::stateless::{FilterOp, ProjectOp};
 use crate::ops::window::WindowOp;
 use crate::task::local::LocalOptions;
 use crate::task::state::NativeSnapshots;
+use crate::watermark::AlignmentGroups;
 
 /// Makes the keyed state backend of one operator subtask.
 pub type StateFactory =
@@ -47,6 +48,12 @@ pub struct JobConfig {
     pub idle_timeout: Option<Duration>,
     /// Incremental checkpoints and restoring native snapshots (set with `state`).
     pub native: NativeSnapshots,
+    /// How far (event time) a source subtask may run ahead of the slowest subtask of the same source
+    /// before it pauses, when a window, event-time OVER, interval join or event-time dedup downstream
+    /// would keep what it reads in state until the slowest catches up; `None`: never pause.
+    pub watermark_max_drift: Option<Duration>,
+    /// The alignment groups of one attempt (see [`crate::watermark::AlignmentGroups`]).
+    pub alignment: AlignmentGroups,
 }
 
 impl JobConfig {
@@ -58,6 +65,10 @@ impl JobConfig {
             state: memory_state(),
             idle_timeout: None,
             native: NativeSnapshots::default(),
+            // A minute of windows more per source subtask, at most; far below what a skewed
+            // input would otherwise hold (W2 at p=2: 83 minutes of windows, 1.5 GB).
+            watermark_max_drift: Some(Duration::from_secs(60)),
+            alignment: AlignmentGroups::default(),
         }
     }
 }

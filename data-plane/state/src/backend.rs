@@ -108,6 +108,51 @@ pub struct Timer {
     pub namespace: Vec<u8>,
 }
 
+/// Due timers drained by [`KeyedStateBackend::drain_timers_into`]: the keys and namespaces back to
+/// back in one buffer, so that firing many timers (a window of every key) allocates nothing per timer.
+#[derive(Clone, Debug, Default)]
+pub struct DueTimers {
+    bytes: Vec<u8>,
+    /// `(time, end of the key in bytes, end of the namespace in bytes)`.
+    timers: Vec<(i64, usize, usize)>,
+}
+
+impl DueTimers {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.timers.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    pub fn push(&mut self, time: i64, key: &[u8], namespace: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(namespace);
+        self.timers.push((time, key_end, self.bytes.len()));
+    }
+
+    /// `(time, key, namespace)` of the `i`-th timer.
+    pub fn get(&self, i: usize) -> (i64, &[u8], &[u8]) {
+        let (time, key_end, ns_end) = self.timers[i];
+        let start = match i {
+            0 => 0,
+            _ => self.timers[i - 1].2,
+        };
+        (
+            time,
+            &self.bytes[start..key_end],
+            &self.bytes[key_end..ns_end],
+        )
+    }
+}
+
 /// Keyed state of one operator subtask: value, map and list state per `(key, namespace)`, and timers.
 ///
 /// * A backend owns the key groups [`key_group_range`](Self::key_group_range) of `max_parallelism`; every
@@ -263,6 +308,21 @@ pub trait KeyedStateBackend: Send {
         up_to: i64,
         out: &mut Vec<Timer>,
     ) -> Result<usize>;
+
+    /// [`drain_timers`](Self::drain_timers) of `domain` into `out` (appended), in the same order.
+    fn drain_timers_into(
+        &mut self,
+        domain: TimeDomain,
+        up_to: i64,
+        out: &mut DueTimers,
+    ) -> Result<usize> {
+        let mut timers = Vec::new();
+        let n = self.drain_timers(domain, up_to, &mut timers)?;
+        for t in &timers {
+            out.push(t.time, &t.key, &t.namespace);
+        }
+        Ok(n)
+    }
 
     // ---- snapshot and restore ----
 

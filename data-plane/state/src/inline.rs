@@ -3,6 +3,7 @@
 //! and a value allocation), which is what random access over 100k+ keys pays for.
 
 use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 pub(crate) const KEY_INLINE: usize = 30;
@@ -59,6 +60,31 @@ impl InlineKey {
             InlineKey::Heap(b) => b,
         }
     }
+}
+
+impl InlineKey {
+    /// Orders like `self.as_slice().cmp(other.as_slice())` without a `memcmp` call per comparison
+    /// (sorting a firing window's timers was 7 % of W2): inline bytes are zero-padded, so comparing
+    /// the padded arrays, then the lengths, gives the order of the slices.
+    #[inline]
+    pub fn cmp_bytes(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (InlineKey::Inline { len: a, data: x }, InlineKey::Inline { len: b, data: y }) => {
+                words(x).cmp(&words(y)).then(a.cmp(b))
+            }
+            _ => self.as_slice().cmp(other.as_slice()),
+        }
+    }
+}
+
+/// Inline bytes as two big-endian integers, which order like the bytes.
+#[inline]
+fn words(data: &[u8; KEY_INLINE]) -> (u128, u128) {
+    let mut low = [0u8; 16];
+    low[..KEY_INLINE - 16].copy_from_slice(&data[16..]);
+    let mut high = [0u8; 16];
+    high.copy_from_slice(&data[..16]);
+    (u128::from_be_bytes(high), u128::from_be_bytes(low))
 }
 
 impl Borrow<[u8]> for InlineKey {
@@ -180,6 +206,37 @@ mod tests {
             let k = InlineKey::new(&bytes[..n]);
             assert_eq!(k.as_slice(), &bytes[..n], "length {n}");
             assert_eq!(matches!(k, InlineKey::Inline { .. }), n <= KEY_INLINE);
+        }
+    }
+
+    #[test]
+    fn keys_order_like_their_bytes() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1],
+            vec![0, 1],
+            vec![255; 30],
+            vec![255; 31],
+            vec![255; 29],
+        ];
+        for n in [14, 15, 16, 17, 29, 30, 31, 40] {
+            let mut k: Vec<u8> = (0..n as u8).collect();
+            keys.push(k.clone());
+            k[n - 1] = 0;
+            keys.push(k.clone());
+            k.push(0);
+            keys.push(k);
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(
+                    InlineKey::new(a).cmp_bytes(&InlineKey::new(b)),
+                    a.cmp(b),
+                    "{a:?} vs {b:?}"
+                );
+            }
         }
     }
 

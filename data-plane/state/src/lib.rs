@@ -23,7 +23,7 @@ pub mod snapshot;
 pub mod timers;
 
 pub use backend::{
-    KeyedStateBackend, NO_NAMESPACE, PairVisitor, StateId, StateKind, TimeDomain, Timer,
+    DueTimers, KeyedStateBackend, NO_NAMESPACE, PairVisitor, StateId, StateKind, TimeDomain, Timer,
 };
 pub use encoding::ListItems;
 pub use error::{Result, StateError};

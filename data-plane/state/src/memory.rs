@@ -7,7 +7,9 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::{KeyedStateBackend, PairVisitor, StateId, StateKind, TimeDomain, Timer};
+use crate::backend::{
+    DueTimers, KeyedStateBackend, PairVisitor, StateId, StateKind, TimeDomain, Timer,
+};
 use crate::encoding::{ListItems, composite_key, push_list_item, split_composite};
 use crate::error::{Result, StateError};
 use crate::inline::{InlineKey, InlineValue, KEY_INLINE};
@@ -39,6 +41,9 @@ struct State {
 pub struct MemoryBackend {
     max_parallelism: u16,
     range: KeyGroupRange,
+    /// The range is every key group (parallelism 1): no key can be out of it, so keys are not hashed
+    /// to check (two xxHash64 per row of a window operator otherwise).
+    owns_all: bool,
     states: Vec<State>,
     timers: TimerQueue,
     /// Composite lookup key, rebuilt per call.
@@ -57,6 +62,7 @@ impl MemoryBackend {
         Ok(Self {
             max_parallelism,
             range,
+            owns_all: range.start == 0 && range.end == max_parallelism,
             states: Vec::new(),
             timers: TimerQueue::new(),
             scratch: Vec::new(),
@@ -84,6 +90,9 @@ impl MemoryBackend {
 
     #[inline]
     fn check_key(&self, key: &[u8]) -> Result<()> {
+        if self.owns_all {
+            return Ok(());
+        }
         let key_group = key_group_of(key, self.max_parallelism);
         if self.range.contains(key_group) {
             Ok(())
@@ -456,6 +465,15 @@ impl KeyedStateBackend for MemoryBackend {
         out: &mut Vec<Timer>,
     ) -> Result<usize> {
         self.timers.drain(domain, up_to, out)
+    }
+
+    fn drain_timers_into(
+        &mut self,
+        domain: TimeDomain,
+        up_to: i64,
+        out: &mut DueTimers,
+    ) -> Result<usize> {
+        self.timers.drain_into(domain, up_to, out)
     }
 
     fn snapshot(&mut self) -> Result<Box<dyn PendingSnapshot>> {

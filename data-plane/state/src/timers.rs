@@ -4,7 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::{TimeDomain, Timer};
+use crate::backend::{DueTimers, TimeDomain, Timer};
 use crate::encoding::{composite_key, split_composite};
 use crate::error::Result;
 use crate::inline::InlineKey;
@@ -35,8 +35,8 @@ impl Bucket {
     /// Every composite once, sorted.
     fn into_sorted(self) -> Vec<InlineKey> {
         let mut all: Vec<InlineKey> = self.set.into_keys().chain(self.appended).collect();
-        all.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
-        all.dedup_by(|a, b| a.as_slice() == b.as_slice());
+        all.sort_unstable_by(InlineKey::cmp_bytes);
+        all.dedup_by(|a, b| a.cmp_bytes(b).is_eq());
         all
     }
 }
@@ -119,8 +119,37 @@ impl TimerQueue {
 
     /// Removes the timers with `time <= up_to`, appending them to `out` by time, then by composite bytes.
     pub fn drain(&mut self, domain: TimeDomain, up_to: i64, out: &mut Vec<Timer>) -> Result<usize> {
+        self.drain_with(domain, up_to, |time, key, namespace| {
+            out.push(Timer {
+                domain,
+                time,
+                key: key.to_vec(),
+                namespace: namespace.to_vec(),
+            })
+        })
+    }
+
+    /// [`drain`](Self::drain) into one buffer (see [`DueTimers`]).
+    pub fn drain_into(
+        &mut self,
+        domain: TimeDomain,
+        up_to: i64,
+        out: &mut DueTimers,
+    ) -> Result<usize> {
+        self.drain_with(domain, up_to, |time, key, namespace| {
+            out.push(time, key, namespace)
+        })
+    }
+
+    /// Removes the due timers in order, handing each (time, key, namespace) to `f`.
+    fn drain_with(
+        &mut self,
+        domain: TimeDomain,
+        up_to: i64,
+        mut f: impl FnMut(i64, &[u8], &[u8]),
+    ) -> Result<usize> {
         let queue = self.queue(domain);
-        let before = out.len();
+        let mut n = 0;
         while let Some(entry) = queue.first_entry() {
             if *entry.key() > up_to {
                 break;
@@ -128,15 +157,11 @@ impl TimerQueue {
             let (time, bucket) = entry.remove_entry();
             for composite in bucket.into_sorted() {
                 let (key, namespace) = split_composite(composite.as_slice())?;
-                out.push(Timer {
-                    domain,
-                    time,
-                    key: key.to_vec(),
-                    namespace: namespace.to_vec(),
-                });
+                f(time, key, namespace);
+                n += 1;
             }
         }
-        Ok(out.len() - before)
+        Ok(n)
     }
 
     pub fn len(&self) -> usize {
@@ -197,6 +222,49 @@ mod tests {
         assert!(!q.delete(TimeDomain::EventTime, 20, b"b", b""));
         assert_eq!(q.next_time(TimeDomain::EventTime), None);
         assert_eq!(q.next_time(TimeDomain::ProcessingTime), Some(5));
+    }
+
+    #[test]
+    fn draining_into_one_buffer_gives_what_drain_gives() {
+        let mut a = TimerQueue::new();
+        for (time, key, ns) in [
+            (30, &b"k2"[..], &b"w"[..]),
+            (10, b"k1", b"w1"),
+            (10, b"", b"w0"),
+            (20, b"k10", b""),
+            (40, b"late", b"w"),
+        ] {
+            a.register_new(TimeDomain::EventTime, time, key, ns);
+        }
+        a.register(TimeDomain::EventTime, 10, b"k0", b"w1");
+        a.register_new(TimeDomain::EventTime, 10, b"k1", b"w1");
+        let mut b = a.clone();
+        let mut expected = Vec::new();
+        assert_eq!(
+            a.drain(TimeDomain::EventTime, 30, &mut expected).unwrap(),
+            5
+        );
+        let mut due = DueTimers::default();
+        due.push(1, b"already", b"there");
+        assert_eq!(
+            b.drain_into(TimeDomain::EventTime, 30, &mut due).unwrap(),
+            5
+        );
+        assert_eq!(due.len(), 6);
+        assert_eq!(due.get(0), (1, &b"already"[..], &b"there"[..]));
+        let got: Vec<Timer> = (1..due.len())
+            .map(|i| {
+                let (time, key, namespace) = due.get(i);
+                Timer {
+                    domain: TimeDomain::EventTime,
+                    time,
+                    key: key.to_vec(),
+                    namespace: namespace.to_vec(),
+                }
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(b.next_time(TimeDomain::EventTime), Some(40));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use sluice_sql::{AggCall, WindowKind};
 use sluice_state::{
-    KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, ReadSeek, StateId, StateKind, TimeDomain,
-    Timer,
+    DueTimers, KeyedStateBackend, NO_NAMESPACE, PendingSnapshot, ReadSeek, StateId, StateKind,
+    TimeDomain,
 };
 
 use crate::accum::{AggLayout, AggOutput};
@@ -38,7 +38,8 @@ pub struct WindowOp {
     schema: SchemaRef,
     watermark: i64,
     late: LateCounter,
-    timers: Vec<Timer>,
+    /// Kept across firings with their capacity: a firing drains a window of every key.
+    due: DueTimers,
     arg_cols: Vec<Option<usize>>,
 }
 
@@ -122,7 +123,7 @@ impl WindowOp {
             schema: Arc::new(Schema::new(fields)),
             watermark: i64::MIN,
             late,
-            timers: Vec::new(),
+            due: DueTimers::default(),
             arg_cols: aggs.iter().map(|a| a.arg).collect(),
         })
     }
@@ -195,10 +196,12 @@ impl WindowOp {
         Ok(Some(skip))
     }
 
-    /// `rows` are (key, window start, window end, accumulator bytes in `accs`).
+    /// `rows` are (the timer in `due` whose key it is, window start, window end, accumulator bytes
+    /// in `accs`).
     fn emit_rows(
         &mut self,
-        rows: Vec<(Vec<u8>, i64, i64, std::ops::Range<usize>)>,
+        rows: &[(usize, i64, i64, std::ops::Range<usize>)],
+        due: &DueTimers,
         accs: &[u8],
         out: &mut dyn Collector,
     ) -> Result<()> {
@@ -208,12 +211,12 @@ impl WindowOp {
         let mut res: AggOutput = self.layout.output();
         let mut starts = Vec::with_capacity(rows.len());
         let mut ends = Vec::with_capacity(rows.len());
-        for (_, s, e, acc) in &rows {
+        for (_, s, e, acc) in rows {
             self.layout.emit(&accs[acc.clone()], &mut res);
             starts.push(*s);
             ends.push(*e);
         }
-        let keys: Vec<&[u8]> = rows.iter().map(|(k, ..)| k.as_slice()).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|(t, ..)| due.get(*t).1).collect();
         let mut cols: Vec<ArrayRef> = self.keys.decode(&keys)?;
         cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
         cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
@@ -292,79 +295,10 @@ impl Operator for WindowOp {
         }
         self.watermark = watermark;
         let size = self.size_ms();
-        loop {
-            self.timers.clear();
-            let mut timers = std::mem::take(&mut self.timers);
-            let n = self
-                .backend
-                .drain_timers(TimeDomain::EventTime, watermark, &mut timers)
-                .ctx(|| "WindowAggregate timers".into())?;
-            if n == 0 {
-                self.timers = timers;
-                break;
-            }
-            let mut rows = Vec::with_capacity(timers.len());
-            // Accumulators of the fired windows back to back: no allocation per window.
-            let mut accs = Vec::new();
-            for t in timers.drain(..) {
-                if let WindowKind::Session { .. } = self.window {
-                    let Some(cur) = self
-                        .backend
-                        .value_get(self.sessions, &t.key, NO_NAMESPACE)
-                        .ctx(|| "WindowAggregate state".into())?
-                    else {
-                        continue;
-                    };
-                    let mut sessions = decode_sessions(cur);
-                    if let Some(pos) = sessions.iter().position(|(_, e, _)| e - 1 == t.time) {
-                        let (s, e, acc) = sessions.remove(pos);
-                        let at = accs.len();
-                        accs.extend_from_slice(&acc);
-                        rows.push((t.key.clone(), s, e, at..accs.len()));
-                        if sessions.is_empty() {
-                            self.backend
-                                .clear(self.sessions, &t.key, NO_NAMESPACE)
-                                .ctx(|| "WindowAggregate state".into())?;
-                        } else {
-                            self.backend
-                                .value_put(
-                                    self.sessions,
-                                    &t.key,
-                                    NO_NAMESPACE,
-                                    &encode_sessions(&sessions),
-                                )
-                                .ctx(|| "WindowAggregate state".into())?;
-                        }
-                    }
-                    continue;
-                }
-                let end = t.time + 1;
-                // Read and delete the accumulator in one state access.
-                let at = accs.len();
-                let mut present = false;
-                self.backend
-                    .value_update(self.acc, &t.key, &t.namespace, &mut |buf, found| {
-                        present = found;
-                        accs.extend_from_slice(buf);
-                        false
-                    })
-                    .ctx(|| "WindowAggregate state".into())?;
-                if present {
-                    if self.layout.distinct.iter().any(|d| *d) {
-                        for i in 0..self.layout.len() {
-                            let mut ns2 = t.namespace.clone();
-                            ns2.push(i as u8);
-                            self.backend
-                                .clear(self.seen, &t.key, &ns2)
-                                .ctx(|| "WindowAggregate state".into())?;
-                        }
-                    }
-                    rows.push((t.key, end - size, end, at..accs.len()));
-                }
-            }
-            self.timers = timers;
-            self.emit_rows(rows, &accs, out)?;
-        }
+        let mut due = std::mem::take(&mut self.due);
+        let fired = self.fire(watermark, size, &mut due, out);
+        self.due = due;
+        fired?;
         out.watermark(watermark)
     }
 
@@ -390,6 +324,88 @@ impl Operator for WindowOp {
 }
 
 impl WindowOp {
+    /// Fires every window whose timer is at or before `watermark`, until none is left.
+    fn fire(
+        &mut self,
+        watermark: i64,
+        size: i64,
+        due: &mut DueTimers,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        loop {
+            due.clear();
+            let n = self
+                .backend
+                .drain_timers_into(TimeDomain::EventTime, watermark, due)
+                .ctx(|| "WindowAggregate timers".into())?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut rows = Vec::with_capacity(n);
+            // Accumulators of the fired windows back to back: no allocation per window.
+            let mut accs = Vec::new();
+            for i in 0..n {
+                let (time, key, namespace) = due.get(i);
+                if let WindowKind::Session { .. } = self.window {
+                    let Some(cur) = self
+                        .backend
+                        .value_get(self.sessions, key, NO_NAMESPACE)
+                        .ctx(|| "WindowAggregate state".into())?
+                    else {
+                        continue;
+                    };
+                    let mut sessions = decode_sessions(cur);
+                    if let Some(pos) = sessions.iter().position(|(_, e, _)| e - 1 == time) {
+                        let (s, e, acc) = sessions.remove(pos);
+                        let at = accs.len();
+                        accs.extend_from_slice(&acc);
+                        rows.push((i, s, e, at..accs.len()));
+                        if sessions.is_empty() {
+                            self.backend
+                                .clear(self.sessions, key, NO_NAMESPACE)
+                                .ctx(|| "WindowAggregate state".into())?;
+                        } else {
+                            self.backend
+                                .value_put(
+                                    self.sessions,
+                                    key,
+                                    NO_NAMESPACE,
+                                    &encode_sessions(&sessions),
+                                )
+                                .ctx(|| "WindowAggregate state".into())?;
+                        }
+                    }
+                    continue;
+                }
+                let end = time + 1;
+                // Read and delete the accumulator in one state access.
+                let at = accs.len();
+                let mut present = false;
+                self.backend
+                    .value_update(self.acc, key, namespace, &mut |buf, found| {
+                        present = found;
+                        accs.extend_from_slice(buf);
+                        false
+                    })
+                    .ctx(|| "WindowAggregate state".into())?;
+                if present {
+                    if self.layout.distinct.iter().any(|d| *d) {
+                        for d in 0..self.layout.len() {
+                            let mut ns2 = namespace.to_vec();
+                            ns2.push(d as u8);
+                            self.backend
+                                .clear(self.seen, key, &ns2)
+                                .ctx(|| "WindowAggregate state".into())?;
+                        }
+                    }
+                    rows.push((i, end - size, end, at..accs.len()));
+                }
+            }
+            // The rows' keys stay in `due` until they are emitted.
+            self.emit_rows(&rows, due, &accs, out)?;
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn add_to_session(
         &mut self,

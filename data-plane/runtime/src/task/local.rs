@@ -248,7 +248,11 @@ pub fn run_local(
         _ => None,
     };
     let task_cfg = TaskConfig {
-        job: cfg.clone(),
+        // Groups of this attempt only: a subtask of an earlier one must not hold these back.
+        job: JobConfig {
+            alignment: Default::default(),
+            ..cfg.clone()
+        },
         job_id: opts.job_id.clone(),
         storage,
         // Without checkpoints nothing would ever commit an exactly-once sink's

@@ -28,11 +28,14 @@ use crate::failpoint;
 use crate::message::{Barrier, MAX_WATERMARK, Message};
 use crate::operator::{Chain, Collector, Operator, VecCollector};
 use crate::ops::stateless::now_ms;
-use crate::watermark::WatermarkGen;
+use crate::watermark::{AlignmentMember, WatermarkGen};
 
 /// How long a subtask waits on its input before it looks at commands and
 /// processing time.
 const INPUT_POLL: Duration = Duration::from_millis(100);
+
+/// How long a source subtask that is too far ahead of its peers waits before it looks again.
+const ALIGNMENT_WAIT: Duration = Duration::from_millis(1);
 
 /// How long a sink at the end of its input waits for the outcome of the
 /// checkpoint it took part in (the coordinator's timeout aborts it sooner).
@@ -128,6 +131,8 @@ struct SourceSide {
     reader: Box<dyn SourceReader>,
     uid: String,
     wm: Option<WatermarkGen>,
+    /// Set when what this subtask reads ahead of its peers would wait in state downstream.
+    align: Option<AlignmentMember>,
     /// The computed-column projection, run before the watermark is read.
     pre: Option<Box<dyn Operator>>,
     records_in: Arc<AtomicU64>,
@@ -368,10 +373,19 @@ impl Subtask {
                 {
                     pre = chain.take_first().map(|(_, op)| op);
                 }
+                let align = match s.config.job.watermark_max_drift {
+                    Some(drift)
+                        if wm.is_some() && p > 1 && holds_by_watermark(&s.graph, &vertex) =>
+                    {
+                        Some(s.config.job.alignment.join(&vertex.uid, drift))
+                    }
+                    _ => None,
+                };
                 Some(SourceSide {
                     reader,
                     uid: spec.uid.clone(),
                     wm,
+                    align,
                     pre,
                     records_in: s.metrics.counter("sluice_source_records_total", &labels),
                 })
@@ -455,7 +469,12 @@ impl Subtask {
                 .ok_or_else(|| RuntimeError::Task("not a source".into()))?;
             out.batches.clear();
             out.finished_splits.clear();
-            let status = src.reader.poll(&mut out)?;
+            let status = if src.align.as_ref().is_some_and(|a| a.ahead(self.watermark)) {
+                std::thread::sleep(ALIGNMENT_WAIT);
+                PollStatus::Idle
+            } else {
+                src.reader.poll(&mut out)?
+            };
             for (split, batch) in out.batches.drain(..) {
                 src.records_in
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -483,6 +502,9 @@ impl Subtask {
                     self.watermark = v;
                     self.chain.watermark(v, &mut self.tail)?;
                 }
+                if let Some(a) = &src.align {
+                    a.publish(w.alignment_watermark());
+                }
             }
             if last_tick.elapsed() >= Duration::from_millis(100) {
                 last_tick = Instant::now();
@@ -491,6 +513,9 @@ impl Subtask {
             if status == PollStatus::Finished {
                 break;
             }
+        }
+        if let Some(a) = self.source.as_ref().and_then(|s| s.align.as_ref()) {
+            a.publish(MAX_WATERMARK);
         }
         self.watermark = MAX_WATERMARK;
         self.chain.watermark(MAX_WATERMARK, &mut self.tail)?;
@@ -825,6 +850,31 @@ fn release(
         blocked[ch] = false;
         replay.extend(q.drain(..).map(|m| (ch, m)));
     }
+}
+
+/// Whether an operator after the source vertex `source` keeps rows in state until the watermark
+/// passes them (so that reading ahead of the slowest source subtask only fills that state).
+fn holds_by_watermark(graph: &super::JobGraph, source: &super::VertexSpec) -> bool {
+    use sluice_sql::{Stage, TimeKind};
+    let mut next = Some(source.id);
+    // A graph is a DAG of at most `vertices.len()` steps along `output`.
+    for _ in 0..=graph.vertices.len() {
+        let Some(v) = next.and_then(|id| graph.vertex(id).ok()) else {
+            return false;
+        };
+        let holds = v.stages.iter().any(|(_, st)| match st {
+            Stage::WindowAggregate { .. } | Stage::IntervalJoin { .. } => true,
+            Stage::OverAggregate { time_kind, .. } | Stage::Deduplicate { time_kind, .. } => {
+                *time_kind == TimeKind::Event
+            }
+            _ => false,
+        });
+        if holds {
+            return true;
+        }
+        next = v.output;
+    }
+    false
 }
 
 fn pipeline_tables(graph: &super::JobGraph, pipeline: usize) -> (String, String) {

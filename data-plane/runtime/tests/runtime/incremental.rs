@@ -142,7 +142,9 @@ fn incremental_checkpoints_share_files_and_restore_natively_rescaled_and_into_me
     let dir = tempfile::tempdir().expect("tempdir");
     let rocks = tempfile::tempdir().expect("rocksdb dir");
     let gen1 = store(&rt, dir.path(), 1);
-    let (b, metas) = incremental_run(&rt, &gen1, rocks.path(), 1000, slow(), &expected);
+    // Slow enough for several checkpoints even on a loaded machine (a 40 ms interval).
+    let source = SourceOptions { batch: 5, ..slow() };
+    let (b, metas) = incremental_run(&rt, &gen1, rocks.path(), 1000, source, &expected);
     let mid = &metas[metas.len() / 2];
     let first = &metas[0];
     let restore_from = |s: &CheckpointStore, m: &SnapshotMetadata| {

@@ -2,6 +2,7 @@
 //! time and disk): golden operator tests, and checkpoint/restore of whole jobs
 //! against the filesystem blob store.
 
+mod alignment;
 mod checkpoints;
 mod golden;
 mod golden_dedup_json;
