@@ -1863,10 +1863,19 @@ async fn the_reconciler_can_request_on_stop_and_pre_upgrade_savepoints_and_recor
         assert_eq!(sp.status, SavepointStatus::Pending);
         let done = wait_for("COMPLETED", Duration::from_secs(60), || async {
             let s = savepoint::observe(&db, &sp.id).await.unwrap().unwrap();
+            // A failed one never completes: say why at once instead of timing out.
+            assert_ne!(
+                s.status,
+                SavepointStatus::Failed,
+                "{origin:?}: {:?}",
+                s.error
+            );
             (s.status == SavepointStatus::Completed).then_some(s)
         })
         .await
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!("{origin:?} savepoint {}: {e}", sp.id);
+        });
         assert_eq!(done.origin, sp.origin);
         // Only the on-stop one stops the job: the engine cancels it after the savepoint, and
         // the reconciler (the application still wants to run) reports the job ended.
